@@ -1,0 +1,16 @@
+module plasmacloud.dev/pkg
+
+go 1.26.0
+
+require plasmacloud.dev/proto v0.0.0
+
+require (
+	connectrpc.com/connect v1.21.1 // indirect
+	connectrpc.com/grpchealth v1.5.0 // indirect
+	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
+	github.com/prometheus/client_golang v1.25.0 // indirect
+	golang.org/x/net v0.62.0 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)
+
+replace plasmacloud.dev/proto => ../proto
