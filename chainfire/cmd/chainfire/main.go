@@ -1,0 +1,29 @@
+// Command chainfire is ChainFire's single binary: `chainfire server` runs a member (flags
+// named as etcd's), every other subcommand is a client of a running cluster.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"plasmacloud.dev/chainfire/internal/cli"
+)
+
+func main() {
+	root := &cobra.Command{
+		Use:           "chainfire",
+		Short:         "ChainFire: a replicated key-value store speaking etcd's v3 API",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serverCommand())
+	for _, c := range cli.Commands() {
+		root.AddCommand(c)
+	}
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
+	}
+}

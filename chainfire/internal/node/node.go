@@ -1,0 +1,411 @@
+// Package node is one ChainFire member: a hashicorp/raft instance replicating commands into
+// the MVCC store, with what the API needs on top of raft — write forwarding to the leader,
+// batched linearizable read barriers, the leader's lease clock, membership, and graceful
+// shutdown. The API handlers (package api) call Node; they never touch raft directly.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	raftwal "github.com/hashicorp/raft-wal"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"plasmacloud.dev/chainfire/internal/mvcc"
+	peerv1 "plasmacloud.dev/proto/chainfire/peer/v1"
+)
+
+// Errors a Node returns; the API maps them to RPC codes.
+var (
+	// ErrNoLeader: no leader could be reached in time; nothing was applied (Unavailable).
+	ErrNoLeader = errors.New("chainfire: no leader")
+	// ErrResultUnknown: the proposal reached raft but its outcome is unknown (leadership lost,
+	// connection lost while forwarding). The write may or may not have been applied.
+	ErrResultUnknown = errors.New("chainfire: result unknown")
+	// ErrStopped: the node is shutting down (Unavailable).
+	ErrStopped = errors.New("chainfire: node stopped")
+	// ErrNotLeader: this member is not the leader (FailedPrecondition on the peer API; the
+	// forwarding member looks up the leader again).
+	ErrNotLeader = errors.New("chainfire: not the leader")
+	// ErrMemberNotFound, ErrMemberExists: membership changes naming an unknown / taken member.
+	ErrMemberNotFound = errors.New("etcdserver: member not found")
+	ErrMemberExists   = errors.New("etcdserver: peerURL exists")
+)
+
+// Node is one running member. All methods are safe for concurrent use.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	id        uint64
+	clusterID uint64
+
+	store   *mvcc.Store
+	fsm     *fsm
+	raft    *raft.Raft
+	trans   *raft.NetworkTransport
+	logs    raft.LogStore
+	closers []func() error
+	metrics *metrics
+	peers   *peerClients
+	lessor  *lessor
+	reads   *readBatcher
+	members atomic.Pointer[memberTable]
+
+	// leaderReady is the term in which this member, as leader, has applied an entry of its
+	// own term (a barrier): only then is its commit index safe for reads.
+	leaderReadyTerm atomic.Uint64
+
+	stopping atomic.Bool
+	stopCh   chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New opens the data directory, starts raft and, for a new cluster without existing state,
+// bootstraps it from --initial-cluster. It returns once raft runs; leadership comes later.
+func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	members, _ := cfg.initialMembers()
+	n := &Node{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		id:        MemberID(cfg.InitialAdvertisePeerURLs, cfg.InitialClusterToken),
+		clusterID: ClusterID(cfg.InitialClusterToken),
+		metrics:   newMetrics(),
+		stopCh:    make(chan struct{}),
+	}
+	n.peers = newPeerClients()
+	ok := false
+	defer func() {
+		if !ok {
+			n.closeResources()
+		}
+	}()
+
+	if err := os.MkdirAll(filepath.Join(cfg.DataDir, "raft"), 0o700); err != nil {
+		return nil, fmt.Errorf("chainfire: data dir: %w", err)
+	}
+	store, err := mvcc.Open(filepath.Join(cfg.DataDir, "kv"), mvcc.Options{Logger: cfg.Logger.With("component", "mvcc")})
+	if err != nil {
+		return nil, fmt.Errorf("chainfire: open store: %w", err)
+	}
+	n.store = store
+	n.closers = append(n.closers, store.Close)
+	n.fsm = newFSM(store, n.metrics)
+	n.lessor = newLessor(n)
+	n.loadMembers()
+	n.fsm.onApply = n.observeApply
+	n.fsm.onRestore = n.observeRestore
+	n.reads = &readBatcher{n: n}
+
+	logs, stable, err := openLogStore(cfg)
+	if err != nil {
+		return nil, err
+	}
+	n.closers = append(n.closers, logs.close)
+	cache, err := raft.NewLogCache(1024, logs.LogStore)
+	if err != nil {
+		return nil, err
+	}
+	n.logs = timedLogStore{LogStore: cache, h: n.metrics.logAppendDuration}
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, hl)
+	if err != nil {
+		return nil, fmt.Errorf("chainfire: snapshot store: %w", err)
+	}
+	bind, _ := hostPort(cfg.ListenPeerURLs[0])
+	adv, _ := hostPort(cfg.InitialAdvertisePeerURLs[0])
+	advAddr, err := net.ResolveTCPAddr("tcp", adv)
+	if err != nil {
+		return nil, fmt.Errorf("chainfire: --initial-advertise-peer-urls: %w", err)
+	}
+	trans, err := raft.NewTCPTransportWithLogger(bind, advAddr, 4, 5*time.Second, hl)
+	if err != nil {
+		return nil, fmt.Errorf("chainfire: listen on peer URL %s: %w", cfg.ListenPeerURLs[0], err)
+	}
+	n.trans = trans
+	n.closers = append(n.closers, trans.Close)
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(serverID(n.id))
+	rc.Logger = hl
+	rc.HeartbeatTimeout = cfg.ElectionTimeout
+	rc.ElectionTimeout = cfg.ElectionTimeout
+	rc.LeaderLeaseTimeout = cfg.ElectionTimeout / 2
+	rc.CommitTimeout = 20 * time.Millisecond
+	rc.SnapshotThreshold = cfg.SnapshotCount
+	rc.TrailingLogs = cfg.SnapshotCount
+	rc.NoSnapshotRestoreOnStart = true
+	rc.BatchApplyCh = true
+	rc.MaxAppendEntries = 256
+	rc.NoLegacyTelemetry = true
+
+	existing, err := raft.HasExistingState(n.logs, stable, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("chainfire: read raft state: %w", err)
+	}
+	r, err := raft.NewRaft(rc, n.fsm, n.logs, stable, snaps, trans)
+	if err != nil {
+		return nil, fmt.Errorf("chainfire: start raft: %w", err)
+	}
+	n.raft = r
+	n.closers = append(n.closers, func() error { return nil }) // raft shut down explicitly in Close
+	if !existing && cfg.InitialClusterState == "new" {
+		var servers []raft.Server
+		for _, m := range members {
+			addr, _ := hostPort(m.PeerURLs[0])
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(serverID(m.ID)), Address: raft.ServerAddress(addr)})
+		}
+		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+			r.Shutdown()
+			return nil, fmt.Errorf("chainfire: bootstrap: %w", err)
+		}
+		n.log.Info("bootstrapped new cluster", "members", len(servers))
+	}
+	if reg != nil {
+		n.metrics.register(reg, n)
+	}
+	n.wg.Add(3)
+	go n.watchLeadership()
+	go n.lessor.run()
+	go n.publishSelf()
+	ok = true
+	n.log.Info("member started", "name", cfg.Name, "id", serverID(n.id), "existing_state", existing, "applied_index", store.AppliedIndex())
+	return n, nil
+}
+
+// logStore is the raft log + stable store chosen by --log-store.
+type logStore struct {
+	raft.LogStore
+	close func() error
+}
+
+func openLogStore(cfg Config) (logStore, raft.StableStore, error) {
+	switch cfg.LogStore {
+	case "wal":
+		w, err := raftwal.Open(filepath.Join(cfg.DataDir, "raft", "wal"))
+		if err != nil {
+			return logStore{}, nil, fmt.Errorf("chainfire: open raft wal: %w", err)
+		}
+		return logStore{LogStore: w, close: w.Close}, w, nil
+	default:
+		b, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft", "raft.db")})
+		if err != nil {
+			return logStore{}, nil, fmt.Errorf("chainfire: open raft log: %w", err)
+		}
+		return logStore{LogStore: b, close: b.Close}, b, nil
+	}
+}
+
+// ID is this member's id.
+func (n *Node) ID() uint64 { return n.id }
+
+// ClusterID is the cluster's id.
+func (n *Node) ClusterID() uint64 { return n.clusterID }
+
+// Store is the member's MVCC store (reads, watches).
+func (n *Node) Store() *mvcc.Store { return n.store }
+
+// Config returns the configuration the node runs with.
+func (n *Node) Config() Config { return n.cfg }
+
+// Term is the current raft term.
+func (n *Node) Term() uint64 { return n.raft.CurrentTerm() }
+
+// IsLeader reports whether this member is the leader right now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// LeaderID is the leader's member id, 0 when none is known.
+func (n *Node) LeaderID() uint64 {
+	_, id := n.raft.LeaderWithID()
+	return parseServerID(string(id))
+}
+
+// RaftIndexes reports the last log index and the index applied to the store.
+func (n *Node) RaftIndexes() (last, applied uint64) { return n.raft.LastIndex(), n.fsm.Applied() }
+
+// Ready reports why the member cannot serve linearizable requests, nil when it can: it must
+// know a leader and have applied what that leader committed when it last heard from it.
+func (n *Node) Ready(ctx context.Context) error {
+	if n.stopping.Load() {
+		return ErrStopped
+	}
+	if n.LeaderID() == 0 {
+		return ErrNoLeader
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	return n.LinearizableBarrier(ctx)
+}
+
+// watchLeadership tracks leader changes: metrics, the lease clock, and the leader's read
+// readiness (a barrier in its own term).
+func (n *Node) watchLeadership() {
+	defer n.wg.Done()
+	obsCh := make(chan raft.Observation, 16)
+	obs := raft.NewObserver(obsCh, false, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	})
+	n.raft.RegisterObserver(obs)
+	defer n.raft.DeregisterObserver(obs)
+	for {
+		select {
+		case <-n.stopCh:
+			return
+		case o := <-obsCh:
+			lo := o.Data.(raft.LeaderObservation)
+			n.metrics.leaderChanges.Inc()
+			if lo.LeaderID != "" {
+				n.metrics.hasLeader.Set(1)
+			} else {
+				n.metrics.hasLeader.Set(0)
+			}
+			if string(lo.LeaderID) == serverID(n.id) {
+				n.metrics.isLeader.Set(1)
+				term := n.raft.CurrentTerm()
+				n.log.Info("became leader", "term", term)
+				n.wg.Add(1)
+				go n.establishLeadership(term)
+			} else {
+				n.metrics.isLeader.Set(0)
+				n.lessor.demote()
+				n.log.Info("leader changed", "leader", string(lo.LeaderID))
+			}
+		}
+	}
+}
+
+// establishLeadership commits a barrier in the new term, after which the commit index covers
+// every entry a previous leader acknowledged; then it starts the lease clock.
+func (n *Node) establishLeadership(term uint64) {
+	defer n.wg.Done()
+	for n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term && !n.stopping.Load() {
+		if err := n.raft.Barrier(5 * time.Second).Error(); err != nil {
+			n.log.Warn("leader barrier failed", "err", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
+		}
+		n.leaderReadyTerm.Store(term)
+		n.lessor.promote()
+		return
+	}
+}
+
+// Close shuts the member down gracefully: a leader first hands leadership to a caught-up
+// follower, then raft stops, then the store closes. Safe to call more than once.
+func (n *Node) Close() error {
+	if !n.stopping.CompareAndSwap(false, true) {
+		return nil
+	}
+	n.StepDown()
+	close(n.stopCh)
+	n.lessor.demote()
+	err := n.raft.Shutdown().Error()
+	n.wg.Wait()
+	n.peers.close()
+	if cerr := n.closeResources(); err == nil {
+		err = cerr
+	}
+	n.log.Info("member stopped")
+	return err
+}
+
+// StepDown hands leadership to a caught-up follower when this member leads and has one;
+// graceful shutdown calls it before it stops serving, so writes keep flowing.
+func (n *Node) StepDown() {
+	if n.raft.State() != raft.Leader || len(n.votersExceptSelf()) == 0 {
+		return
+	}
+	start := time.Now()
+	if err := n.raft.LeadershipTransfer().Error(); err != nil {
+		n.log.Warn("leadership transfer failed", "err", err)
+		return
+	}
+	n.log.Info("leadership transferred", "took", time.Since(start))
+}
+
+func (n *Node) closeResources() error {
+	var errs []error
+	for i := len(n.closers) - 1; i >= 0; i-- {
+		if err := n.closers[i](); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	n.closers = nil
+	return errors.Join(errs...)
+}
+
+func (n *Node) votersExceptSelf() []raft.Server {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return nil
+	}
+	var out []raft.Server
+	for _, s := range f.Configuration().Servers {
+		if s.Suffrage == raft.Voter && string(s.ID) != serverID(n.id) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// publishSelf records this member's name and URLs in the replicated member table, retrying
+// until it succeeds (it needs a leader) or the node stops.
+func (n *Node) publishSelf() {
+	defer n.wg.Done()
+	want := &peerv1.MemberPut{Id: n.id, Name: n.cfg.Name, PeerUrls: n.cfg.InitialAdvertisePeerURLs, ClientUrls: n.cfg.AdvertiseClientURLs}
+	backoff := 50 * time.Millisecond
+	for {
+		if members, err := n.store.Members(); err == nil {
+			for _, m := range members {
+				if m.Id == n.id && m.Name == want.Name && sameURLs(m.ClientUrls, want.ClientUrls) && sameURLs(m.PeerUrls, want.PeerUrls) {
+					want.IsLearner = m.IsLearner
+					n.log.Debug("member published")
+					return
+				}
+			}
+		}
+		want.IsLearner = n.isLearner()
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		_, err := n.Propose(ctx, &peerv1.Command{Op: &peerv1.Command_MemberPut{MemberPut: want}})
+		cancel()
+		if err == nil {
+			continue // verify through the store
+		}
+		select {
+		case <-n.stopCh:
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+func (n *Node) isLearner() bool {
+	f := n.raft.GetConfiguration()
+	if f.Error() != nil {
+		return false
+	}
+	for _, s := range f.Configuration().Servers {
+		if string(s.ID) == serverID(n.id) {
+			return s.Suffrage == raft.Nonvoter
+		}
+	}
+	return false
+}

@@ -1,0 +1,103 @@
+package node
+
+import (
+	"crypto/tls"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"plasmacloud.dev/proto/chainfire/peer/v1/peerv1connect"
+	"plasmacloud.dev/proto/etcdserverpb/etcdserverpbconnect"
+)
+
+// ForwardedHeader marks a request one member forwarded to another, so the receiver never
+// forwards it again (no loops while leadership moves).
+const ForwardedHeader = "X-Chainfire-Forwarded"
+
+// peerClients holds one pooled HTTP/2 client per member client URL and the Connect clients on
+// top of it. Safe for concurrent use.
+type peerClients struct {
+	mu      sync.Mutex
+	byURL   map[string]*peerConn
+	closers []func()
+}
+
+type peerConn struct {
+	peer    peerv1connect.PeerServiceClient
+	lease   etcdserverpbconnect.LeaseClient
+	cluster etcdserverpbconnect.ClusterClient
+	maint   etcdserverpbconnect.MaintenanceClient
+}
+
+func newPeerClients() *peerClients { return &peerClients{byURL: map[string]*peerConn{}} }
+
+func (p *peerClients) get(baseURL string) *peerConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.byURL[baseURL]; ok {
+		return c
+	}
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:   true,
+		MaxIdleConnsPerHost: 16,
+		IdleConnTimeout:     90 * time.Second,
+		HTTP2:               &http.HTTP2Config{ReadIdleTimeout: 5 * time.Second, PingTimeout: 2 * time.Second},
+	}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	tr.Protocols.SetHTTP2(true)
+	hc := &http.Client{Transport: tr}
+	p.closers = append(p.closers, tr.CloseIdleConnections)
+	opts := []connect.ClientOption{connect.WithGRPC()}
+	c := &peerConn{
+		peer:    peerv1connect.NewPeerServiceClient(hc, baseURL, opts...),
+		lease:   etcdserverpbconnect.NewLeaseClient(hc, baseURL, opts...),
+		cluster: etcdserverpbconnect.NewClusterClient(hc, baseURL, opts...),
+		maint:   etcdserverpbconnect.NewMaintenanceClient(hc, baseURL, opts...),
+	}
+	p.byURL[baseURL] = c
+	return c
+}
+
+func (p *peerClients) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.closers {
+		c()
+	}
+}
+
+// notSent reports whether a forwarding error guarantees the request never reached the peer
+// (the connection could not be made), so retrying it cannot apply it twice.
+func notSent(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return false
+}
+
+// retryableForward reports whether a forwarded call failed without being applied, so the
+// caller may look for the leader again: either the peer itself answered FailedPrecondition
+// (not the leader) or Unavailable (no leader, not applied), or the connection was never made.
+// Any other transport failure after the request left is indeterminate.
+func retryableForward(err error) bool {
+	var ce *connect.Error
+	if errors.As(err, &ce) && ce.IsWireError() {
+		c := ce.Code()
+		return c == connect.CodeFailedPrecondition || c == connect.CodeUnavailable
+	}
+	return notSent(err)
+}
+
+// forwardHeader marks an outgoing forwarded request.
+func forwardHeader[T any](req *connect.Request[T]) *connect.Request[T] {
+	req.Header().Set(ForwardedHeader, "1")
+	return req
+}
