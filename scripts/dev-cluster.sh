@@ -1,0 +1,192 @@
+#!/usr/bin/env bash
+# dev-cluster.sh — run a 3-node ChainFire cluster on 127.0.0.1 for local development.
+#
+#   scripts/dev-cluster.sh [--fresh]
+#
+# Starts bin/chainfire three times (cf1, cf2, cf3; client ports 2379/22379/32379, peer
+# ports 2380/22380/32380), keeping data and logs in .dev/, waits until every node's
+# /readyz answers, prints the endpoints and an etcdctl example, and then stays in the
+# foreground. Ctrl-C (or SIGTERM) shuts the nodes down gracefully and waits for them.
+# Data survives a restart of the script; --fresh deletes it first.
+#
+# Environment:
+#   CHAINFIRE_BIN    binary to run (default bin/chainfire; `make build` makes it)
+#   CHAINFIRE_FLAGS  extra flags for every node, e.g. "--log-format json"
+#   DEV_DIR          data and log directory (default .dev)
+#   READY_PATH       readiness path (default /readyz)
+#   READY_TIMEOUT    seconds to wait for readiness (default 60)
+#   STOP_TIMEOUT     seconds between SIGTERM and SIGKILL on shutdown (default 30)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+bin=${CHAINFIRE_BIN:-$root/bin/chainfire}
+dev=${DEV_DIR:-$root/.dev}
+ready_path=${READY_PATH:-/readyz}
+ready_timeout=${READY_TIMEOUT:-60}
+stop_timeout=${STOP_TIMEOUT:-30}
+read -r -a extra_flags <<<"${CHAINFIRE_FLAGS:-}"
+
+names=(cf1 cf2 cf3)
+client_ports=(2379 22379 32379)
+peer_ports=(2380 22380 32380)
+
+log() { echo "dev-cluster: $*" >&2; }
+die() {
+	log "error: $*"
+	exit 1
+}
+
+fresh=0
+for arg in "$@"; do
+	case $arg in
+	--fresh) fresh=1 ;;
+	-h | --help)
+		sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
+		exit 0
+		;;
+	*) die "unknown argument $arg (see --help)" ;;
+	esac
+done
+
+[[ -x $bin ]] || die "$bin not found; run \`make build\` first"
+command -v curl >/dev/null || die "curl not found; run scripts/deps.sh"
+
+# Refuse to start on ports somebody else holds (a system etcd listens on 2379).
+for p in "${client_ports[@]}" "${peer_ports[@]}"; do
+	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+		die "127.0.0.1:$p is already in use (another dev cluster, or a system etcd?): $(ss -Hltnp "sport = :$p" 2>/dev/null | awk '{print $NF}')"
+	fi
+done
+
+if ((fresh)); then
+	log "--fresh: removing $dev"
+	rm -rf "$dev"
+fi
+mkdir -p "$dev"
+
+initial_cluster=""
+for i in "${!names[@]}"; do
+	initial_cluster+="${initial_cluster:+,}${names[$i]}=http://127.0.0.1:${peer_ports[$i]}"
+done
+endpoints=""
+for p in "${client_ports[@]}"; do
+	endpoints+="${endpoints:+,}127.0.0.1:$p"
+done
+
+pids=()
+
+# stop sends SIGTERM to every node still running, waits up to STOP_TIMEOUT seconds for
+# them to exit, then kills what is left.
+stop() {
+	trap - INT TERM
+	log "stopping (SIGTERM, up to ${stop_timeout}s)..."
+	local pid
+	for pid in "${pids[@]}"; do
+		kill -TERM "$pid" 2>/dev/null || true
+	done
+	local deadline=$((SECONDS + stop_timeout))
+	for pid in "${pids[@]}"; do
+		while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do
+			sleep 0.2
+		done
+		if kill -0 "$pid" 2>/dev/null; then
+			log "pid $pid did not exit in time; SIGKILL"
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+	done
+	wait 2>/dev/null || true
+	log "stopped; data and logs kept in $dev"
+}
+trap 'stop; exit 130' INT
+trap 'stop; exit 143' TERM
+
+for i in "${!names[@]}"; do
+	name=${names[$i]}
+	mkdir -p "$dev/$name"
+	{
+		echo "=== dev-cluster: starting $name at $(date -Is)"
+	} >>"$dev/$name.log"
+	"$bin" server \
+		--name "$name" \
+		--data-dir "$dev/$name" \
+		--listen-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+		--advertise-client-urls "http://127.0.0.1:${client_ports[$i]}" \
+		--listen-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+		--initial-advertise-peer-urls "http://127.0.0.1:${peer_ports[$i]}" \
+		--initial-cluster "$initial_cluster" \
+		--initial-cluster-state new \
+		"${extra_flags[@]}" \
+		>>"$dev/$name.log" 2>&1 &
+	pids+=("$!")
+	log "started $name (pid $!), log $dev/$name.log"
+done
+
+# dead_node prints the name of a node that has exited, if any.
+dead_node() {
+	local i
+	for i in "${!pids[@]}"; do
+		if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+			echo "${names[$i]}"
+			return 0
+		fi
+	done
+	return 1
+}
+
+fail_with_log() {
+	local name=$1
+	log "$name is not running; last lines of $dev/$name.log:"
+	tail -n 40 "$dev/$name.log" >&2 || true
+	stop
+	exit 1
+}
+
+deadline=$((SECONDS + ready_timeout))
+for i in "${!names[@]}"; do
+	url="http://127.0.0.1:${client_ports[$i]}$ready_path"
+	until curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; do
+		if dead=$(dead_node); then
+			fail_with_log "$dead"
+		fi
+		if ((SECONDS >= deadline)); then
+			log "$url not ready after ${ready_timeout}s; last lines of $dev/${names[$i]}.log:"
+			tail -n 40 "$dev/${names[$i]}.log" >&2 || true
+			stop
+			exit 1
+		fi
+		sleep 0.3
+	done
+done
+
+cat <<EOF
+
+ChainFire dev cluster is up (data and logs in ${dev#"$root"/}/):
+  cf1  client http://127.0.0.1:2379   peer http://127.0.0.1:2380   pid ${pids[0]}
+  cf2  client http://127.0.0.1:22379  peer http://127.0.0.1:22380  pid ${pids[1]}
+  cf3  client http://127.0.0.1:32379  peer http://127.0.0.1:32380  pid ${pids[2]}
+
+Try it with etcd's own client:
+  ETCDCTL_API=3 etcdctl --endpoints=$endpoints put foo bar
+  ETCDCTL_API=3 etcdctl --endpoints=$endpoints get foo
+  ETCDCTL_API=3 etcdctl --endpoints=$endpoints endpoint status -w table
+
+Ctrl-C stops the cluster (data is kept; --fresh starts over).
+EOF
+
+# Stay in the foreground; report nodes that exit on their own. The traps end the script.
+while ((${#pids[@]} > 0)); do
+	status=0
+	wait -n || status=$?
+	if dead=$(dead_node); then
+		log "$dead exited on its own (status $status); see $dev/$dead.log — the others keep running"
+		for i in "${!names[@]}"; do
+			if [[ ${names[$i]} == "$dead" ]]; then
+				unset 'names[i]' 'pids[i]'
+			fi
+		done
+		names=("${names[@]}")
+		pids=("${pids[@]}")
+	fi
+done
+log "all nodes have exited"
+exit 1
