@@ -35,7 +35,8 @@ type Config struct {
 	ElectionTimeout time.Duration
 	// SnapshotCount is the number of applied entries between raft snapshots.
 	SnapshotCount uint64
-	// LogStore selects the raft log store: "boltdb" (raft-boltdb/v2) or "wal" (raft-wal).
+	// LogStore selects the raft log store: "wal" (raft-wal, the default: faster appends, see
+	// docs/chainfire/performance.md) or "boltdb" (raft-boltdb/v2).
 	LogStore string
 	// Limits bounds keys, values and txn sizes; requests over them get InvalidArgument.
 	Limits mvcc.Limits
@@ -61,7 +62,7 @@ func DefaultConfig() Config {
 		InitialClusterToken:      "chainfire-cluster",
 		ElectionTimeout:          500 * time.Millisecond,
 		SnapshotCount:            10000,
-		LogStore:                 "boltdb",
+		LogStore:                 "wal",
 		Limits:                   mvcc.DefaultLimits(),
 		MaxRequestBytes:          int(1.5 * 1024 * 1024),
 		ProgressNotifyInterval:   10 * time.Minute,

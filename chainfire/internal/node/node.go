@@ -18,11 +18,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
-	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
-	raftwal "github.com/hashicorp/raft-wal"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"plasmacloud.dev/chainfire/internal/mvcc"
+	"plasmacloud.dev/chainfire/internal/raftlog"
 	peerv1 "plasmacloud.dev/proto/chainfire/peer/v1"
 )
 
@@ -113,11 +112,12 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 	n.fsm.onRestore = n.observeRestore
 	n.reads = &readBatcher{n: n}
 
-	logs, stable, err := openLogStore(cfg)
+	logs, err := raftlog.Open(cfg.LogStore, filepath.Join(cfg.DataDir, "raft"))
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("chainfire: %w", err)
 	}
-	n.closers = append(n.closers, logs.close)
+	stable := logs.StableStore
+	n.closers = append(n.closers, logs.Close)
 	cache, err := raft.NewLogCache(1024, logs.LogStore)
 	if err != nil {
 		return nil, err
@@ -187,29 +187,6 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 	ok = true
 	n.log.Info("member started", "name", cfg.Name, "id", serverID(n.id), "existing_state", existing, "applied_index", store.AppliedIndex())
 	return n, nil
-}
-
-// logStore is the raft log + stable store chosen by --log-store.
-type logStore struct {
-	raft.LogStore
-	close func() error
-}
-
-func openLogStore(cfg Config) (logStore, raft.StableStore, error) {
-	switch cfg.LogStore {
-	case "wal":
-		w, err := raftwal.Open(filepath.Join(cfg.DataDir, "raft", "wal"))
-		if err != nil {
-			return logStore{}, nil, fmt.Errorf("chainfire: open raft wal: %w", err)
-		}
-		return logStore{LogStore: w, close: w.Close}, w, nil
-	default:
-		b, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(cfg.DataDir, "raft", "raft.db")})
-		if err != nil {
-			return logStore{}, nil, fmt.Errorf("chainfire: open raft log: %w", err)
-		}
-		return logStore{LogStore: b, close: b.Close}, b, nil
-	}
 }
 
 // ID is this member's id.
