@@ -63,7 +63,7 @@ test: deps build ## deps + build, then go test -race over every workspace module
 		| tee $(TEST_LOG_DIR)/go-test.out || status=$$?; \
 	if (( status != 0 )); then \
 		echo; echo "==== make test: FAILED (exit $$status). Failures:"; \
-		grep -E '^(--- FAIL|FAIL|panic:)' $(TEST_LOG_DIR)/go-test.out | sed 's/^/    /' || true; \
+		grep -E '^ *--- FAIL|^FAIL[[:space:]]|^panic:' $(TEST_LOG_DIR)/go-test.out | sed 's/^/    /' || true; \
 		echo "     full output: $(TEST_LOG_DIR)/go-test.out; process logs of failed tests: $(TEST_LOG_DIR)/"; \
 		exit $$status; \
 	fi; \
