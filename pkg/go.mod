@@ -7,6 +7,7 @@ require plasmacloud.dev/proto v0.0.0
 require (
 	connectrpc.com/connect v1.21.1 // indirect
 	connectrpc.com/grpchealth v1.5.0 // indirect
+	connectrpc.com/grpcreflect v1.3.1 // indirect
 	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect
 	golang.org/x/net v0.62.0 // indirect

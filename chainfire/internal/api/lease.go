@@ -92,7 +92,11 @@ func (s *leaseService) LeaseTimeToLive(ctx context.Context, req *connect.Request
 	return connect.NewResponse(resp), nil
 }
 
+// LeaseLeases lists the live leases, linearizably.
 func (s *leaseService) LeaseLeases(ctx context.Context, req *connect.Request[pb.LeaseLeasesRequest]) (*connect.Response[pb.LeaseLeasesResponse], error) {
+	if err := s.n.LinearizableBarrier(ctx); err != nil {
+		return nil, toConnect(err)
+	}
 	leases, err := s.n.Store().Leases()
 	if err != nil {
 		return nil, toConnect(err)

@@ -54,7 +54,6 @@ func (n *Node) observeRestore() {
 	n.loadMembers()
 }
 
-
 func parseServerID(s string) uint64 {
 	id, _ := strconv.ParseUint(s, 16, 64)
 	return id

@@ -230,8 +230,10 @@ func (n *Node) Ready(ctx context.Context) error {
 	return n.LinearizableBarrier(ctx)
 }
 
-// watchLeadership tracks leader changes: metrics, the lease clock, and the leader's read
-// readiness (a barrier in its own term).
+// watchLeadership keeps the member's view of leadership current: metrics, the lease clock,
+// and the leader's read readiness (a barrier committed in its own term). Raft's leader
+// observations make it prompt; a periodic check makes it certain (an observation can be
+// dropped or arrive after the term moved on).
 func (n *Node) watchLeadership() {
 	defer n.wg.Done()
 	obsCh := make(chan raft.Observation, 16)
@@ -241,47 +243,64 @@ func (n *Node) watchLeadership() {
 	})
 	n.raft.RegisterObserver(obs)
 	defer n.raft.DeregisterObserver(obs)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var lastLeader uint64
+	var establishing atomic.Bool
 	for {
 		select {
 		case <-n.stopCh:
 			return
-		case o := <-obsCh:
-			lo := o.Data.(raft.LeaderObservation)
-			n.metrics.leaderChanges.Inc()
-			if lo.LeaderID != "" {
-				n.metrics.hasLeader.Set(1)
-			} else {
-				n.metrics.hasLeader.Set(0)
+		case <-obsCh:
+		case <-tick.C:
+		}
+		leader := n.LeaderID()
+		if leader != lastLeader {
+			if leader != 0 {
+				n.metrics.leaderChanges.Inc()
+				n.log.Info("leader changed", "leader", serverID(leader), "term", n.raft.CurrentTerm())
 			}
-			if string(lo.LeaderID) == serverID(n.id) {
-				n.metrics.isLeader.Set(1)
-				term := n.raft.CurrentTerm()
-				n.log.Info("became leader", "term", term)
-				n.wg.Add(1)
-				go n.establishLeadership(term)
-			} else {
-				n.metrics.isLeader.Set(0)
-				n.lessor.demote()
-				n.log.Info("leader changed", "leader", string(lo.LeaderID))
-			}
+			lastLeader = leader
+		}
+		n.metrics.hasLeader.Set(b2f(leader != 0))
+		isLeader := n.raft.State() == raft.Leader
+		n.metrics.isLeader.Set(b2f(isLeader))
+		if !isLeader {
+			n.lessor.demote()
+			continue
+		}
+		term := n.raft.CurrentTerm()
+		if n.leaderReadyTerm.Load() != term && establishing.CompareAndSwap(false, true) {
+			n.wg.Add(1)
+			go func() {
+				defer establishing.Store(false)
+				n.establishLeadership(term)
+			}()
 		}
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // establishLeadership commits a barrier in the new term, after which the commit index covers
 // every entry a previous leader acknowledged; then it starts the lease clock.
 func (n *Node) establishLeadership(term uint64) {
 	defer n.wg.Done()
-	for n.raft.State() == raft.Leader && n.raft.CurrentTerm() == term && !n.stopping.Load() {
-		if err := n.raft.Barrier(5 * time.Second).Error(); err != nil {
-			n.log.Warn("leader barrier failed", "err", err)
-			time.Sleep(50 * time.Millisecond)
-			continue
-		}
-		n.leaderReadyTerm.Store(term)
-		n.lessor.promote()
+	if err := n.raft.Barrier(5 * time.Second).Error(); err != nil {
+		n.log.Warn("leader barrier failed", "err", err)
 		return
 	}
+	if n.raft.State() != raft.Leader || n.raft.CurrentTerm() != term || n.stopping.Load() {
+		return
+	}
+	n.leaderReadyTerm.Store(term)
+	n.lessor.promote()
+	n.log.Info("leader ready", "term", term)
 }
 
 // Close shuts the member down gracefully: a leader first hands leadership to a caught-up

@@ -1,14 +1,14 @@
 package node
 
 import (
-	"crypto/tls"
 	"errors"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
 	"connectrpc.com/connect"
+
+	"plasmacloud.dev/pkg/resilience"
 
 	"plasmacloud.dev/proto/chainfire/peer/v1/peerv1connect"
 	"plasmacloud.dev/proto/etcdserverpb/etcdserverpbconnect"
@@ -18,12 +18,12 @@ import (
 // forwards it again (no loops while leadership moves).
 const ForwardedHeader = "X-Chainfire-Forwarded"
 
-// peerClients holds one pooled HTTP/2 client per member client URL and the Connect clients on
-// top of it. Safe for concurrent use.
+// peerClients holds the Connect clients to other members, on one pooled HTTP/2 client per
+// member client URL. Safe for concurrent use.
 type peerClients struct {
-	mu      sync.Mutex
-	byURL   map[string]*peerConn
-	closers []func()
+	pool  *resilience.Pool
+	mu    sync.Mutex
+	byURL map[string]*peerConn
 }
 
 type peerConn struct {
@@ -33,7 +33,12 @@ type peerConn struct {
 	maint   etcdserverpbconnect.MaintenanceClient
 }
 
-func newPeerClients() *peerClients { return &peerClients{byURL: map[string]*peerConn{}} }
+func newPeerClients() *peerClients {
+	return &peerClients{
+		pool:  resilience.NewPool(resilience.TransportOptions{DialTimeout: 2 * time.Second}),
+		byURL: map[string]*peerConn{},
+	}
+}
 
 func (p *peerClients) get(baseURL string) *peerConn {
 	p.mu.Lock()
@@ -41,19 +46,7 @@ func (p *peerClients) get(baseURL string) *peerConn {
 	if c, ok := p.byURL[baseURL]; ok {
 		return c
 	}
-	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: 2 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
-		TLSClientConfig:     &tls.Config{MinVersion: tls.VersionTLS12},
-		ForceAttemptHTTP2:   true,
-		MaxIdleConnsPerHost: 16,
-		IdleConnTimeout:     90 * time.Second,
-		HTTP2:               &http.HTTP2Config{ReadIdleTimeout: 5 * time.Second, PingTimeout: 2 * time.Second},
-	}
-	tr.Protocols = new(http.Protocols)
-	tr.Protocols.SetUnencryptedHTTP2(true)
-	tr.Protocols.SetHTTP2(true)
-	hc := &http.Client{Transport: tr}
-	p.closers = append(p.closers, tr.CloseIdleConnections)
+	hc := p.pool.Client(baseURL)
 	opts := []connect.ClientOption{connect.WithGRPC()}
 	c := &peerConn{
 		peer:    peerv1connect.NewPeerServiceClient(hc, baseURL, opts...),
@@ -65,13 +58,7 @@ func (p *peerClients) get(baseURL string) *peerConn {
 	return c
 }
 
-func (p *peerClients) close() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, c := range p.closers {
-		c()
-	}
-}
+func (p *peerClients) close() { p.pool.Close() }
 
 // notSent reports whether a forwarding error guarantees the request never reached the peer
 // (the connection could not be made), so retrying it cannot apply it twice.
@@ -88,9 +75,8 @@ func notSent(err error) bool {
 // (not the leader) or Unavailable (no leader, not applied), or the connection was never made.
 // Any other transport failure after the request left is indeterminate.
 func retryableForward(err error) bool {
-	var ce *connect.Error
-	if errors.As(err, &ce) && ce.IsWireError() {
-		c := ce.Code()
+	if connect.IsWireError(err) {
+		c := connect.CodeOf(err)
 		return c == connect.CodeFailedPrecondition || c == connect.CodeUnavailable
 	}
 	return notSent(err)

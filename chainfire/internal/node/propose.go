@@ -59,7 +59,7 @@ func (n *Node) propose(ctx context.Context, cmd *peerv1.Command, forward bool) (
 				return resp.Msg.Result, nil
 			}
 			if !retryableForward(err) {
-				if ce := new(connect.Error); errors.As(err, &ce) && ce.IsWireError() {
+				if connect.IsWireError(err) {
 					return nil, err
 				}
 				n.metrics.proposalsFailed.Inc()
