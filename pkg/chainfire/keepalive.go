@@ -56,7 +56,8 @@ func (c *Client) keepAliveLoop(ctx context.Context, id, ttl int64, ch chan *pb.L
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, ErrLeaseNotFound) {
+		if errors.Is(err, ErrLeaseNotFound) ||
+			(connect.IsWireError(err) && connect.CodeOf(err) == connect.CodeNotFound) {
 			log.Info("chainfire: lease gone, keepalive stops", "endpoint", ep)
 			return
 		}
