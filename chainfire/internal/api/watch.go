@@ -147,8 +147,14 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 		ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: id, Created: true, Canceled: true, CancelReason: "key is empty"})
 		return
 	}
-	end := cr.RangeEnd
-	w, err := ws.n.Store().Watch(cr.Key, end, cr.StartRevision, cr.PrevKv)
+	// A watch "from now" starts right after the revision its created response reports, so a
+	// client that reconnects resumes from that header's revision + 1 without a gap.
+	startRev := cr.StartRevision
+	createdRev, _ := ws.n.Store().Revision()
+	if startRev <= 0 {
+		startRev = createdRev + 1
+	}
+	w, err := ws.n.Store().Watch(cr.Key, cr.RangeEnd, startRev, cr.PrevKv)
 	if err != nil {
 		var ce *mvcc.CompactedError
 		resp := &pb.WatchResponse{Header: ws.header(0), WatchId: id, Created: true}
@@ -160,12 +166,7 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 		ws.send(cancel)
 		return
 	}
-	sw := &streamWatcher{id: id, w: w, progress: cr.ProgressNotify, done: make(chan struct{})}
-	if cr.StartRevision > 0 {
-		sw.lastRev = cr.StartRevision - 1
-	} else {
-		sw.lastRev, _ = ws.n.Store().Revision()
-	}
+	sw := &streamWatcher{id: id, w: w, progress: cr.ProgressNotify, done: make(chan struct{}), lastRev: startRev - 1}
 	for _, f := range cr.Filters {
 		switch f {
 		case pb.WatchCreateRequest_NOPUT:
@@ -178,7 +179,7 @@ func (ws *watchStream) create(cr *pb.WatchCreateRequest) {
 	ws.watchers[id] = sw
 	ws.mu.Unlock()
 	// The created response is queued before the forwarder starts, so it precedes all events.
-	ws.send(&pb.WatchResponse{Header: ws.header(0), WatchId: id, Created: true})
+	ws.send(&pb.WatchResponse{Header: ws.header(createdRev), WatchId: id, Created: true})
 	go ws.forward(sw)
 }
 
