@@ -122,3 +122,30 @@ func TestMembers(t *testing.T) {
 		t.Errorf("member commands changed revision to %d", cur)
 	}
 }
+
+func TestLeaseGrantAttachRevokeInOneApply(t *testing.T) {
+	t.Parallel()
+	s := openTest(t)
+	s.put("x", "1")
+	res := s.Apply([]Entry{
+		{Index: 10, Term: 1, Cmd: grantCmd(5, 10)},
+		{Index: 11, Term: 1, Cmd: putReq(&pb.PutRequest{Key: []byte("a"), Value: []byte("1"), Lease: 5})},
+		{Index: 12, Term: 1, Cmd: putReq(&pb.PutRequest{Key: []byte("x"), Value: []byte("2"), Lease: 5})},
+		{Index: 13, Term: 1, Cmd: revokeCmd(5)},
+		{Index: 14, Term: 1, Cmd: putReq(&pb.PutRequest{Key: []byte("b"), Lease: 5})},
+	})
+	for i, r := range res[:4] {
+		if r.Err != nil {
+			t.Fatalf("entry %d: %v", i, r.Err)
+		}
+	}
+	if !errors.Is(res[4].Err, ErrLeaseNotFound) {
+		t.Errorf("put on revoked lease: %v", res[4].Err)
+	}
+	if rev := res[3].Result.GetLeaseRevoke().Header.Revision; rev != 5 {
+		t.Errorf("revoke revision %d, want 5", rev)
+	}
+	if got := s.rangeKeys(&pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}}); len(got) != 0 {
+		t.Errorf("keys left %q", got)
+	}
+}

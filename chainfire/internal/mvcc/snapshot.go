@@ -44,19 +44,42 @@ type Snapshot struct {
 	once    sync.Once
 }
 
-// Snapshot captures the current state. It first syncs pebble's WAL so that everything
-// applied is durable (raft truncates its log after a snapshot), then takes a pebble
-// snapshot, which is cheap. Call it from the FSM goroutine (not concurrently with Apply).
+// Snapshot captures the current state: it takes a pebble snapshot (cheap), then syncs
+// pebble's WAL so that everything the snapshot holds is durable (raft truncates its log
+// after a snapshot). Safe for concurrent use; called from the FSM goroutine (as raft's
+// FSM.Snapshot is) it holds exactly the entries applied so far.
 func (s *Store) Snapshot() (*Snapshot, error) {
-	if s.closed.Load() {
+	s.dbMu.RLock()
+	h := s.h
+	if h == nil {
+		s.dbMu.RUnlock()
 		return nil, ErrClosed
 	}
-	h := s.h
+	h.ref()
+	s.dbMu.RUnlock()
+	sn := &Snapshot{h: h, snap: h.db.NewSnapshot()}
 	if err := h.db.LogData(nil, pebble.Sync); err != nil {
+		sn.Release()
 		return nil, storageErr("snapshot sync", err)
 	}
-	h.ref()
-	return &Snapshot{h: h, snap: h.db.NewSnapshot(), applied: s.applied.Load(), rev: s.rev.Load()}, nil
+	v, c, err := sn.snap.Get(keyAppliedB)
+	if err == nil {
+		if len(v) == 16 {
+			sn.applied = binary.BigEndian.Uint64(v)
+		}
+		c.Close()
+	} else if !errors.Is(err, pebble.ErrNotFound) {
+		sn.Release()
+		return nil, storageErr("snapshot", err)
+	}
+	sn.rev = 1
+	if r, ok, err := getInt(sn.snap, keyRevision); err != nil {
+		sn.Release()
+		return nil, err
+	} else if ok {
+		sn.rev = r
+	}
+	return sn, nil
 }
 
 // AppliedIndex returns the applied raft index the snapshot contains.

@@ -73,6 +73,9 @@ func TestSnapshotRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if cur, _ := src.Revision(); snap.Revision() != cur || snap.AppliedIndex() != src.AppliedIndex() {
+		t.Errorf("snapshot at revision %d index %d, store at %d, %d", snap.Revision(), snap.AppliedIndex(), cur, src.AppliedIndex())
+	}
 	// Later writes are not in the snapshot.
 	src.put("after", "snapshot")
 	var buf bytes.Buffer

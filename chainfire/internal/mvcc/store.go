@@ -1,10 +1,3 @@
-// Package mvcc is ChainFire's replicated state machine: an etcd-v3-compatible
-// multi-version key-value store on pebble, with leases, members and watches.
-//
-// One goroutine (the raft FSM) calls Apply, Snapshot and Restore; every other method is
-// safe for concurrent use. Apply writes each call's entries in one pebble batch together
-// with the applied raft index, so a restart resumes exactly where the store left off and
-// log replay skips what is already applied.
 package mvcc
 
 import (

@@ -198,43 +198,69 @@ func validateCompare(path string, c *pb.Compare, l Limits) error {
 }
 
 // validateTxnTop validates a top-level txn: fields, then duplicate writes of the success
-// and failure branches separately (they exclude each other).
+// and failure branches separately (they exclude each other). The first pass builds no
+// field paths (no allocations); only a failing txn is checked again to name the field.
 func validateTxnTop(path string, t *pb.TxnRequest, l Limits) error {
-	if err := validateTxn(path, t, l.MaxTxnOps, l); err != nil {
+	if err := validateTxnTree(path, t, l, false); err != nil {
+		if verr := validateTxnTree(path, t, l, true); verr != nil {
+			return verr
+		}
 		return err
 	}
-	if err := checkDuplicates(path+".success", t.Success); err != nil {
+	return nil
+}
+
+func validateTxnTree(path string, t *pb.TxnRequest, l Limits, verbose bool) error {
+	if err := validateTxn(path, t, l.MaxTxnOps, l, verbose); err != nil {
 		return err
 	}
-	return checkDuplicates(path+".failure", t.Failure)
+	if err := checkDuplicates(join(verbose, path, ".success"), t.Success, verbose); err != nil {
+		return err
+	}
+	return checkDuplicates(join(verbose, path, ".failure"), t.Failure, verbose)
+}
+
+// join and elem build field paths only in verbose mode.
+func join(verbose bool, path, field string) string {
+	if !verbose {
+		return ""
+	}
+	return path + field
+}
+
+func elem(verbose bool, path, field string, i int) string {
+	if !verbose {
+		return ""
+	}
+	return path + field + "[" + strconv.Itoa(i) + "]"
 }
 
 // validateTxn checks one txn level with etcd's op budget: a txn may have at most budget
 // compares, success ops and failure ops; nested txns get budget minus the largest of those.
-func validateTxn(path string, t *pb.TxnRequest, budget int, l Limits) error {
+func validateTxn(path string, t *pb.TxnRequest, budget int, l Limits, verbose bool) error {
 	opc := max(len(t.Compare), len(t.Success), len(t.Failure))
 	if l.MaxTxnOps > 0 && opc > budget {
 		return fmt.Errorf("%w: %s has %d ops, limit %d", ErrInvalid, path, opc, budget)
 	}
 	for i, c := range t.Compare {
-		if err := validateCompare(path+".compare["+strconv.Itoa(i)+"]", c, l); err != nil {
+		if err := validateCompare(elem(verbose, path, ".compare", i), c, l); err != nil {
 			return err
 		}
 	}
 	for i, op := range t.Success {
-		if err := validateOp(path+".success["+strconv.Itoa(i)+"]", op, budget-opc, l); err != nil {
+		if err := validateOp(elem(verbose, path, ".success", i), op, budget-opc, l, verbose); err != nil {
 			return err
 		}
 	}
 	for i, op := range t.Failure {
-		if err := validateOp(path+".failure["+strconv.Itoa(i)+"]", op, budget-opc, l); err != nil {
+		if err := validateOp(elem(verbose, path, ".failure", i), op, budget-opc, l, verbose); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func validateOp(path string, op *pb.RequestOp, budget int, l Limits) error {
+func validateOp(path string, op *pb.RequestOp, budget int, l Limits, verbose bool) error {
 	if op == nil {
 		return fmt.Errorf("%w: %s is nil", ErrInvalid, path)
 	}
@@ -243,22 +269,22 @@ func validateOp(path string, op *pb.RequestOp, budget int, l Limits) error {
 		if r.RequestRange == nil {
 			return fmt.Errorf("%w: %s.request_range is nil", ErrInvalid, path)
 		}
-		return validateRange(path+".request_range", r.RequestRange, l)
+		return validateRange(join(verbose, path, ".request_range"), r.RequestRange, l)
 	case *pb.RequestOp_RequestPut:
 		if r.RequestPut == nil {
 			return fmt.Errorf("%w: %s.request_put is nil", ErrInvalid, path)
 		}
-		return validatePut(path+".request_put", r.RequestPut, l)
+		return validatePut(join(verbose, path, ".request_put"), r.RequestPut, l)
 	case *pb.RequestOp_RequestDeleteRange:
 		if r.RequestDeleteRange == nil {
 			return fmt.Errorf("%w: %s.request_delete_range is nil", ErrInvalid, path)
 		}
-		return validateDelete(path+".request_delete_range", r.RequestDeleteRange, l)
+		return validateDelete(join(verbose, path, ".request_delete_range"), r.RequestDeleteRange, l)
 	case *pb.RequestOp_RequestTxn:
 		if r.RequestTxn == nil {
 			return fmt.Errorf("%w: %s.request_txn is nil", ErrInvalid, path)
 		}
-		return validateTxn(path+".request_txn", r.RequestTxn, budget, l)
+		return validateTxn(join(verbose, path, ".request_txn"), r.RequestTxn, budget, l, verbose)
 	default:
 		return fmt.Errorf("%w: %s has no request", ErrInvalid, path)
 	}
@@ -285,25 +311,25 @@ func exclusive(a, b *txnWrite) bool {
 	return false
 }
 
-func collectWrites(path string, ops []*pb.RequestOp, trail []uint32, out []txnWrite) []txnWrite {
+func collectWrites(path string, ops []*pb.RequestOp, trail []uint32, out []txnWrite, verbose bool) []txnWrite {
 	for i, op := range ops {
-		p := func() string { return path + "[" + strconv.Itoa(i) + "]" }
+		p := elem(verbose, path, "", i)
 		switch r := op.GetRequest().(type) {
 		case *pb.RequestOp_RequestPut:
-			out = append(out, txnWrite{key: r.RequestPut.GetKey(), put: true, trail: trail, path: p() + ".request_put"})
+			out = append(out, txnWrite{key: r.RequestPut.GetKey(), put: true, trail: trail, path: join(verbose, p, ".request_put")})
 		case *pb.RequestOp_RequestDeleteRange:
 			d := r.RequestDeleteRange
-			out = append(out, txnWrite{key: d.GetKey(), end: d.GetRangeEnd(), trail: trail, path: p() + ".request_delete_range"})
+			out = append(out, txnWrite{key: d.GetKey(), end: d.GetRangeEnd(), trail: trail, path: join(verbose, p, ".request_delete_range")})
 		case *pb.RequestOp_RequestTxn:
 			t := r.RequestTxn
 			if t == nil {
 				continue
 			}
-			base := p() + ".request_txn"
+			base := join(verbose, p, ".request_txn")
 			st := append(append([]uint32(nil), trail...), uint32(i)<<1)
-			out = collectWrites(base+".success", t.Success, st, out)
+			out = collectWrites(join(verbose, base, ".success"), t.Success, st, out, verbose)
 			ft := append(append([]uint32(nil), trail...), uint32(i)<<1|1)
-			out = collectWrites(base+".failure", t.Failure, ft, out)
+			out = collectWrites(join(verbose, base, ".failure"), t.Failure, ft, out, verbose)
 		}
 	}
 	return out
@@ -323,7 +349,7 @@ func simpleWrites(ops []*pb.RequestOp) bool {
 
 // checkDuplicates rejects a branch that writes a key twice on one execution path: two puts
 // of one key, or a put inside a delete range. Delete ranges may overlap each other.
-func checkDuplicates(path string, ops []*pb.RequestOp) error {
+func checkDuplicates(path string, ops []*pb.RequestOp, verbose bool) error {
 	if len(ops) < 2 && simpleWrites(ops) {
 		return nil
 	}
@@ -342,7 +368,7 @@ func checkDuplicates(path string, ops []*pb.RequestOp) error {
 		}
 		return nil
 	}
-	writes := collectWrites(path, ops, nil, nil)
+	writes := collectWrites(path, ops, nil, nil, verbose)
 	var puts, dels []*txnWrite
 	for i := range writes {
 		if writes[i].put {
