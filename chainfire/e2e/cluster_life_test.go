@@ -2,9 +2,12 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync"
@@ -270,5 +273,45 @@ func TestCLI(t *testing.T) {
 	cmd.Env = append(cmd.Environ(), "CHAINFIRE_ENDPOINTS="+eps)
 	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "key") {
 		t.Fatalf("put with an empty key: %v %q", err, out)
+	}
+}
+
+// TestMutualTLS serves the client URLs over https with required client certificates: the
+// client with the cluster's CA and a certificate works (also through a follower, which
+// forwards to the leader over TLS); one without a certificate is refused.
+func TestMutualTLS(t *testing.T) {
+	t.Parallel()
+	files := chainfiretest.SelfSignedTLS(t)
+	files.ClientCertAuth = true
+	c := chainfiretest.Start(t, 3, chainfiretest.Options{TLS: &files})
+	ctx := testCtx(t, 30*time.Second)
+	pool := x509.NewCertPool()
+	caPEM, _ := os.ReadFile(files.CAFile)
+	pool.AppendCertsFromPEM(caPEM)
+	cert, err := tls.LoadX509KeyPair(files.CertFile, files.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := chainfire.New(chainfire.Config{Endpoints: []string{c.Members[c.Follower()].ClientURL},
+		TLS: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer good.Close()
+	if _, err := good.Put(ctx, "tls", "ok"); err != nil {
+		t.Fatalf("put over mutual TLS through a follower: %v", err)
+	}
+	if r, err := good.Get(ctx, "tls"); err != nil || string(r.Kvs[0].Value) != "ok" {
+		t.Fatalf("get over TLS: %v %v", r, err)
+	}
+	anon, err := chainfire.New(chainfire.Config{Endpoints: []string{c.Members[0].ClientURL}, TLS: &tls.Config{RootCAs: pool}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer anon.Close()
+	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if _, err := anon.Get(actx, "tls"); err == nil {
+		t.Fatal("a client without a certificate was served")
 	}
 }

@@ -7,8 +7,11 @@ package chainfiretest
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -25,6 +28,16 @@ type Options struct {
 	ElectionTimeout time.Duration
 	// ExtraArgs are appended to every member's server command line.
 	ExtraArgs []string
+	// TLS, when set, serves the client URLs over https with these PEM files (the
+	// certificate must be valid for 127.0.0.1); members verify each other with CAFile.
+	TLS *TLSFiles
+}
+
+// TLSFiles names PEM files for a TLS cluster.
+type TLSFiles struct {
+	CertFile, KeyFile, CAFile string
+	// ClientCertAuth makes members require client certificates signed by CAFile.
+	ClientCertAuth bool
 }
 
 // Member is one ChainFire process of a Cluster.
@@ -52,6 +65,15 @@ func Start(t testing.TB, size int, opts Options) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: harness.Binary(t, Package), opts: opts, token: fmt.Sprintf("test-%d", time.Now().UnixNano()),
 		hc: &http.Client{Timeout: 2 * time.Second}}
+	scheme := "http"
+	if opts.TLS != nil {
+		scheme = "https"
+		tcfg, err := clientTLS(*opts.TLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.hc.Transport = &http.Transport{TLSClientConfig: tcfg}
+	}
 	ports, err := harness.FreePorts(2 * size)
 	if err != nil {
 		t.Fatal(err)
@@ -60,7 +82,7 @@ func Start(t testing.TB, size int, opts Options) *Cluster {
 	for i := range size {
 		m := &Member{
 			Name:      fmt.Sprintf("cf%d", i+1),
-			ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[2*i]),
+			ClientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i]),
 			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
 			DataDir:   t.TempDir(),
 		}
@@ -83,8 +105,16 @@ func (c *Cluster) spawn(m *Member, initialCluster, state string) {
 	if c.opts.ElectionTimeout > 0 {
 		args = append(args, "--election-timeout", fmt.Sprint(c.opts.ElectionTimeout.Milliseconds()))
 	}
+	ready := m.ClientURL + "/readyz"
+	if tf := c.opts.TLS; tf != nil {
+		args = append(args, "--cert-file", tf.CertFile, "--key-file", tf.KeyFile, "--trusted-ca-file", tf.CAFile)
+		if tf.ClientCertAuth {
+			args = append(args, "--client-cert-auth")
+		}
+		ready = "" // the harness probes without TLS; WaitReady polls with c.hc instead
+	}
 	args = append(args, c.opts.ExtraArgs...)
-	m.Process = harness.NewProcess(c.t, harness.ProcessConfig{Name: m.Name, Path: c.bin, Args: args, ReadyURL: m.ClientURL + "/readyz"})
+	m.Process = harness.NewProcess(c.t, harness.ProcessConfig{Name: m.Name, Path: c.bin, Args: args, ReadyURL: ready})
 	if err := m.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", m.Name, err)
 	}
@@ -141,10 +171,41 @@ func (c *Cluster) WaitReady() {
 		if !m.Running() {
 			continue
 		}
-		if err := m.WaitReady(ctx); err != nil {
-			c.t.Fatalf("%s not ready: %v", m.Name, err)
+		if c.opts.TLS == nil {
+			if err := m.WaitReady(ctx); err != nil {
+				c.t.Fatalf("%s not ready: %v", m.Name, err)
+			}
+			continue
+		}
+		for {
+			resp, err := c.hc.Get(m.ClientURL + "/readyz")
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				c.t.Fatalf("%s not ready over TLS: %v", m.Name, err)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	}
+}
+
+// clientTLS trusts the cluster's CA and presents its certificate (mutual TLS).
+func clientTLS(f TLSFiles) (*tls.Config, error) {
+	pem, err := os.ReadFile(f.CAFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
 }
 
 // Leader returns the index of the member that reports itself leader, waiting up to

@@ -46,3 +46,29 @@ func (f TLSFiles) ServerConfig() (*tls.Config, error) {
 	}
 	return cfg, nil
 }
+
+// ClientConfig builds the *tls.Config a member uses to call its peers' TLS endpoints: it
+// trusts CAFile (system roots without one) and presents the server's own certificate, so
+// peers that require client certificates accept it.
+func (f TLSFiles) ClientConfig() (*tls.Config, error) {
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.CertFile != "" && f.KeyFile != "" {
+		cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("server: load TLS key pair: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	if f.CAFile != "" {
+		pem, err := os.ReadFile(f.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("server: read CA file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("server: CA file %s holds no PEM certificate", f.CAFile)
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/tls"
 	"crypto/sha1"
 	"encoding/binary"
 	"errors"
@@ -44,6 +45,11 @@ type Config struct {
 	MaxRequestBytes int
 	// ProgressNotifyInterval is how often watchers that asked for progress notifications get one.
 	ProgressNotifyInterval time.Duration
+
+	// PeerClientTLS, when set, is used to reach other members' https client URLs (write
+	// forwarding, read index, lease renewal): their CA, and this member's certificate when
+	// they require client certificates.
+	PeerClientTLS *tls.Config
 
 	Logger *slog.Logger
 }

@@ -88,7 +88,7 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 		metrics:   newMetrics(),
 		stopCh:    make(chan struct{}),
 	}
-	n.peers = newPeerClients()
+	n.peers = newPeerClients(cfg.PeerClientTLS)
 	ok := false
 	defer func() {
 		if !ok {

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -33,9 +34,9 @@ type peerConn struct {
 	maint   etcdserverpbconnect.MaintenanceClient
 }
 
-func newPeerClients() *peerClients {
+func newPeerClients(tlsCfg *tls.Config) *peerClients {
 	return &peerClients{
-		pool:  resilience.NewPool(resilience.TransportOptions{DialTimeout: 2 * time.Second}),
+		pool:  resilience.NewPool(resilience.TransportOptions{DialTimeout: 2 * time.Second, TLS: tlsCfg}),
 		byURL: map[string]*peerConn{},
 	}
 }

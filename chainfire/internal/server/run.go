@@ -26,9 +26,15 @@ type Options struct {
 // in-flight requests and ends streams with Unavailable, then raft and the store close.
 func Run(ctx context.Context, cfg node.Config, opts Options) error {
 	log := cfg.Logger
+	var err error
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	if opts.TLS.Enabled() {
+		if cfg.PeerClientTLS, err = opts.TLS.ClientConfig(); err != nil {
+			return err
+		}
+	}
 	n, err := node.New(cfg, reg)
 	if err != nil {
 		return err
