@@ -1,8 +1,8 @@
 package node
 
 import (
-	"crypto/tls"
 	"crypto/sha1"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
