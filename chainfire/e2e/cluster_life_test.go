@@ -79,8 +79,17 @@ func TestMemberAddRemoveMoveLeader(t *testing.T) {
 	}
 
 	// Move leadership to the new member.
-	if _, err := cli.MoveLeader(ctx, ids[m4.Name].ID); err != nil {
-		t.Fatalf("move leader: %v", err)
+	// The new member becomes a voter once caught up (it joined as a non-voter); until then
+	// it cannot lead and MoveLeader answers NotFound.
+	for {
+		_, err := cli.MoveLeader(ctx, ids[m4.Name].ID)
+		if err == nil {
+			break
+		}
+		if connect.CodeOf(err) != connect.CodeNotFound || time.Now().After(deadline) {
+			t.Fatalf("move leader: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	deadline = time.Now().Add(10 * time.Second)
 	for c.Leader(time.Second) != 3 {

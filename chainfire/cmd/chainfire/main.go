@@ -18,7 +18,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serverCommand())
+	root.AddCommand(serverCommand(), recoverCommand())
 	for _, c := range cli.Commands() {
 		root.AddCommand(c)
 	}

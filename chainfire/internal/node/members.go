@@ -45,6 +45,10 @@ func (n *Node) observeApply(cmd *peerv1.Command, res mvcc.ApplyResult) {
 	switch cmd.Op.(type) {
 	case *peerv1.Command_MemberPut, *peerv1.Command_MemberDelete:
 		n.loadMembers()
+		select { // a member that published itself may be ready for promotion
+		case n.promoteKick <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -70,6 +74,9 @@ func (n *Node) MemberList(ctx context.Context) ([]*pb.Member, error) {
 		id := parseServerID(string(s.ID))
 		m := &pb.Member{ID: id, IsLearner: s.Suffrage == raft.Nonvoter, PeerURLs: []string{"http://" + string(s.Address)}}
 		if meta := n.member(id); meta != nil {
+			// A member added as a voter stays a raft non-voter until it has caught up; it is
+			// reported as what it was added as.
+			m.IsLearner = meta.IsLearner
 			m.Name = meta.Name
 			if len(meta.PeerUrls) > 0 {
 				m.PeerURLs = meta.PeerUrls
@@ -133,19 +140,16 @@ func (n *Node) MemberAdd(ctx context.Context, req *pb.MemberAddRequest) (*pb.Mem
 				return fmt.Errorf("%w: %v", ErrMemberExists, req.PeerURLs)
 			}
 		}
-		timeout := time.Until(deadline(ctx))
-		var f raft.IndexFuture
-		if req.IsLearner {
-			f = n.raft.AddNonvoter(raft.ServerID(serverID(id)), raft.ServerAddress(addr), 0, timeout)
-		} else {
-			f = n.raft.AddVoter(raft.ServerID(serverID(id)), raft.ServerAddress(addr), 0, timeout)
-		}
-		if err := f.Error(); err != nil {
-			return raftErr(err)
-		}
+		// Every new member joins raft as a non-voter, so adding one never costs the cluster
+		// its quorum while the new process is not up yet (hashicorp/raft applies a
+		// configuration when it is appended). A member added as a voter is promoted by
+		// promoteCaughtUp once it has caught up and published itself.
 		meta := &peerv1.MemberPut{Id: id, PeerUrls: req.PeerURLs, IsLearner: req.IsLearner}
 		if _, err := n.Propose(ctx, &peerv1.Command{Op: &peerv1.Command_MemberPut{MemberPut: meta}}); err != nil {
 			return err
+		}
+		if err := n.raft.AddNonvoter(raft.ServerID(serverID(id)), raft.ServerAddress(addr), 0, time.Until(deadline(ctx))).Error(); err != nil {
+			return raftErr(err)
 		}
 		all, err := n.MemberList(ctx)
 		if err != nil {
@@ -276,5 +280,43 @@ func raftErr(err error) error {
 		return fmt.Errorf("%w: %v", ErrResultUnknown, err)
 	default:
 		return fmt.Errorf("%w: %v", ErrNoLeader, err)
+	}
+}
+
+// promoteCaughtUp runs on every member and acts on the leader: a non-voter whose member
+// record says it was added as a voter becomes a voter once it has published its name (it
+// then knows the leader and has applied the log up to its own record).
+func (n *Node) promoteCaughtUp() {
+	defer n.wg.Done()
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.stopCh:
+			return
+		case <-t.C:
+		case <-n.promoteKick:
+		}
+		if n.raft.State() != raft.Leader || n.leaderReadyTerm.Load() != n.raft.CurrentTerm() {
+			continue
+		}
+		f := n.raft.GetConfiguration()
+		if f.Error() != nil {
+			continue
+		}
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage != raft.Nonvoter {
+				continue
+			}
+			meta := n.member(parseServerID(string(s.ID)))
+			if meta == nil || meta.IsLearner || meta.Name == "" {
+				continue
+			}
+			if err := n.raft.AddVoter(s.ID, s.Address, 0, 5*time.Second).Error(); err != nil {
+				n.log.Warn("promote caught-up member failed", "member", string(s.ID), "err", err)
+				continue
+			}
+			n.log.Info("member promoted to voter", "member", string(s.ID), "name", meta.Name)
+		}
 	}
 }

@@ -60,6 +60,8 @@ type Node struct {
 	lessor  *lessor
 	reads   *readBatcher
 	members atomic.Pointer[memberTable]
+	// promoteKick wakes promoteCaughtUp when the member table changes.
+	promoteKick chan struct{}
 
 	// leaderReady is the term in which this member, as leader, has applied an entry of its
 	// own term (a barrier): only then is its commit index safe for reads.
@@ -81,12 +83,13 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 	}
 	members, _ := cfg.initialMembers()
 	n := &Node{
-		cfg:       cfg,
-		log:       cfg.Logger,
-		id:        MemberID(cfg.InitialAdvertisePeerURLs, cfg.InitialClusterToken),
-		clusterID: ClusterID(cfg.InitialClusterToken),
-		metrics:   newMetrics(),
-		stopCh:    make(chan struct{}),
+		cfg:         cfg,
+		log:         cfg.Logger,
+		id:          MemberID(cfg.InitialAdvertisePeerURLs, cfg.InitialClusterToken),
+		clusterID:   ClusterID(cfg.InitialClusterToken),
+		metrics:     newMetrics(),
+		stopCh:      make(chan struct{}),
+		promoteKick: make(chan struct{}, 1),
 	}
 	n.peers = newPeerClients(cfg.PeerClientTLS)
 	ok := false
@@ -180,10 +183,11 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 	if reg != nil {
 		n.metrics.register(reg, n)
 	}
-	n.wg.Add(3)
+	n.wg.Add(4)
 	go n.watchLeadership()
 	go n.lessor.run()
 	go n.publishSelf()
+	go n.promoteCaughtUp()
 	ok = true
 	n.log.Info("member started", "name", cfg.Name, "id", serverID(n.id), "existing_state", existing, "applied_index", store.AppliedIndex())
 	return n, nil
@@ -368,16 +372,15 @@ func (n *Node) publishSelf() {
 	want := &peerv1.MemberPut{Id: n.id, Name: n.cfg.Name, PeerUrls: n.cfg.InitialAdvertisePeerURLs, ClientUrls: n.cfg.AdvertiseClientURLs}
 	backoff := 50 * time.Millisecond
 	for {
-		if members, err := n.store.Members(); err == nil {
-			for _, m := range members {
-				if m.Id == n.id && m.Name == want.Name && sameURLs(m.ClientUrls, want.ClientUrls) && sameURLs(m.PeerUrls, want.PeerUrls) {
-					want.IsLearner = m.IsLearner
-					n.log.Debug("member published")
-					return
-				}
+		if m := n.member(n.id); m != nil {
+			if m.Name == want.Name && sameURLs(m.ClientUrls, want.ClientUrls) && sameURLs(m.PeerUrls, want.PeerUrls) {
+				n.log.Debug("member published")
+				return
 			}
+			want.IsLearner = m.IsLearner // as it was added
+		} else {
+			want.IsLearner = n.isLearner()
 		}
-		want.IsLearner = n.isLearner()
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		_, err := n.Propose(ctx, &peerv1.Command{Op: &peerv1.Command_MemberPut{MemberPut: want}})
 		cancel()

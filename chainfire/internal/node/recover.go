@@ -1,0 +1,74 @@
+package node
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+
+	"plasmacloud.dev/chainfire/internal/mvcc"
+	"plasmacloud.dev/chainfire/internal/raftlog"
+)
+
+// Recover rewrites the raft configuration of a stopped member's data directory after a loss
+// of quorum: the members of cfg.InitialCluster become the whole cluster. It is raft's
+// RecoverCluster: every entry in this member's log counts as committed, the store is brought
+// up to the last of them, a snapshot with the new configuration replaces the log. Start the
+// member normally afterwards; it elects itself (or waits for the other listed members, which
+// must have been recovered with the same list), and further members join with member add.
+//
+// The caller must make sure no process uses the data directory (pebble's lock enforces it).
+func Recover(cfg Config) error {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Name == "" || cfg.DataDir == "" {
+		return fmt.Errorf("recover needs --name and --data-dir")
+	}
+	if _, err := os.Stat(filepath.Join(cfg.DataDir, "kv")); err != nil {
+		return fmt.Errorf("recover: %s holds no ChainFire store: %w", cfg.DataDir, err)
+	}
+	members, err := cfg.initialMembers()
+	if err != nil {
+		return err
+	}
+	self := false
+	var servers []raft.Server
+	for _, m := range members {
+		addr, _ := hostPort(m.PeerURLs[0])
+		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(serverID(m.ID)), Address: raft.ServerAddress(addr)})
+		self = self || m.Name == cfg.Name
+	}
+	if !self {
+		return fmt.Errorf("recover: --initial-cluster has no entry for --name %q", cfg.Name)
+	}
+	store, err := mvcc.Open(filepath.Join(cfg.DataDir, "kv"), mvcc.Options{})
+	if err != nil {
+		return fmt.Errorf("recover: open store: %w", err)
+	}
+	defer store.Close()
+	logs, err := raftlog.Open(cfg.LogStore, filepath.Join(cfg.DataDir, "raft"))
+	if err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	defer logs.Close()
+	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, hl)
+	if err != nil {
+		return fmt.Errorf("recover: snapshot store: %w", err)
+	}
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(serverID(MemberID(cfg.InitialAdvertisePeerURLs, cfg.InitialClusterToken)))
+	rc.Logger = hl
+	_, trans := raft.NewInmemTransport("")
+	before := store.AppliedIndex()
+	if err := raft.RecoverCluster(rc, newFSM(store, nil), logs.LogStore, logs.StableStore, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
+		return fmt.Errorf("recover: %w", err)
+	}
+	cur, _ := store.Revision()
+	cfg.Logger.Info("recovered", "members", len(servers), "applied_index_before", before, "applied_index", store.AppliedIndex(), "revision", cur)
+	return nil
+}
