@@ -19,9 +19,9 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serverCommand(), recoverCommand())
-	for _, c := range cli.Commands() {
-		root.AddCommand(c)
-	}
+	cmds := cli.Commands()
+	cli.Find(cmds, "snapshot").AddCommand(restoreCommand())
+	root.AddCommand(cmds...)
 	if err := root.Execute(); err != nil {
 		fmt.Fprintln(os.Stderr, "Error:", err)
 		os.Exit(1)
