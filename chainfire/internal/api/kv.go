@@ -88,6 +88,12 @@ func (s *kvService) Compact(ctx context.Context, req *connect.Request[pb.Compact
 	if resp == nil {
 		resp = &pb.CompactionResponse{}
 	}
+	if req.Msg.Physical {
+		// As etcd: answer once this member has removed the compacted history.
+		if err := s.n.Store().WaitCompaction(ctx, req.Msg.Revision); err != nil {
+			return nil, toConnect(err)
+		}
+	}
 	resp.Header = s.fill(resp.Header)
 	return connect.NewResponse(resp), nil
 }

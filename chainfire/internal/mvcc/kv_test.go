@@ -123,7 +123,7 @@ func TestRange(t *testing.T) {
 		{name: "prefix", req: &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte("c")}, keys: []string{"a"}, count: 1},
 		{name: "all from key", req: &pb.RangeRequest{Key: []byte("c"), RangeEnd: []byte{0}}, keys: []string{"c", "d", "e"}, count: 3},
 		{name: "all keys", req: &pb.RangeRequest{Key: []byte{0}, RangeEnd: []byte{0}}, keys: []string{"\x00x", "a", "c", "d", "e"}, count: 5},
-		{name: "end before key", req: &pb.RangeRequest{Key: []byte("d"), RangeEnd: []byte("b")}, keys: []string{}, count: 0},
+		{name: "end before key", req: &pb.RangeRequest{Key: []byte("d"), RangeEnd: []byte("b")}, err: ErrInvalid},
 		{name: "limit", req: &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte{0}, Limit: 2}, keys: []string{"a", "c"}, count: 4, more: true},
 		{name: "limit exact", req: &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte{0}, Limit: 4}, keys: []string{"a", "c", "d", "e"}, count: 4},
 		{name: "count only", req: &pb.RangeRequest{Key: []byte("a"), RangeEnd: []byte{0}, CountOnly: true}, keys: []string{}, count: 4},

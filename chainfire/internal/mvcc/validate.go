@@ -47,8 +47,9 @@ func ValidateCommand(cmd *peerv1.Command, l Limits) error {
 }
 
 // ValidateRange checks a RangeRequest: non-empty key, key and range_end within
-// MaxKeyBytes, known sort order and target. Like etcd, a range_end that sorts before key
-// is not an error: the range is simply empty.
+// MaxKeyBytes, known sort order and target, and a non-empty range_end other than "\x00"
+// that does not sort before key. etcd answers such a range with nothing; ChainFire calls it
+// what it almost always is, a client bug, and names it.
 func ValidateRange(req *pb.RangeRequest, l Limits) error {
 	if req == nil {
 		return fmt.Errorf("%w: range request is nil", ErrInvalid)
@@ -168,6 +169,9 @@ func validateRange(path string, r *pb.RangeRequest, l Limits) error {
 	}
 	if err := validateRangeEnd(path, r.RangeEnd, l); err != nil {
 		return err
+	}
+	if len(r.RangeEnd) != 0 && !isAllKeysEnd(r.RangeEnd) && bytes.Compare(r.RangeEnd, r.Key) < 0 {
+		return fmt.Errorf("%w: %s.range_end %q sorts before %s.key %q", ErrInvalid, path, r.RangeEnd, path, r.Key)
 	}
 	if _, ok := pb.RangeRequest_SortOrder_name[int32(r.SortOrder)]; !ok {
 		return fmt.Errorf("%w: %s.sort_order %d is unknown", ErrInvalid, path, r.SortOrder)

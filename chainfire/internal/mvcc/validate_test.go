@@ -95,7 +95,7 @@ func TestValidateRange(t *testing.T) {
 		msg string
 	}{
 		{&pb.RangeRequest{Key: []byte("a")}, ""},
-		{&pb.RangeRequest{Key: []byte("b"), RangeEnd: []byte("a")}, ""}, // empty range, as in etcd
+		{&pb.RangeRequest{Key: []byte("b"), RangeEnd: []byte("a")}, `range.range_end "a" sorts before range.key "b"`}, // etcd: empty range
 		{&pb.RangeRequest{}, "range.key is empty"},
 		{&pb.RangeRequest{Key: []byte("a"), RangeEnd: bytes.Repeat([]byte("z"), 40000)}, "range.range_end is 40000 bytes"},
 		{&pb.RangeRequest{Key: []byte("a"), SortTarget: 7}, "range.sort_target 7 is unknown"},
