@@ -141,3 +141,72 @@ type chainfireRange struct {
 }
 
 var _ = context.Background
+
+// TestScheduledSnapshots: a member with --snapshot-interval writes whole snapshot files,
+// keeps --snapshot-retain of them, and the newest restores into a working member.
+func TestScheduledSnapshots(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	c := chainfiretest.Start(t, 1, chainfiretest.Options{ExtraArgs: []string{"--snapshot-interval", "200ms", "--snapshot-dir", dir, "--snapshot-retain", "2"}})
+	ctx := testCtx(t, 60*time.Second)
+	cli := client(t, c.Endpoints()...)
+	for i := range 30 {
+		if _, err := cli.Put(ctx, fmt.Sprintf("s/%02d", i), "v"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var files []string
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		entries, _ := os.ReadDir(dir)
+		files = files[:0]
+		newest := ""
+		for _, e := range entries {
+			if strings.HasSuffix(e.Name(), ".snap") {
+				files = append(files, e.Name())
+				newest = max(newest, e.Name())
+			}
+		}
+		// Wait for a snapshot taken after the last put (revision 31 = 30 puts + 1).
+		if strings.HasPrefix(newest, "chainfire-000000000031-") {
+			files = []string{dir + "/" + newest}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no snapshot at revision 31 in %v", files)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(700 * time.Millisecond)
+	entries, _ := os.ReadDir(dir)
+	if len(entries) > 2 {
+		t.Fatalf("retention 2, found %d entries", len(entries))
+	}
+	// Copy the newest away from the member's pruning.
+	blob, err := os.ReadFile(dir + "/" + entries[len(entries)-1].Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	files[0] = t.TempDir() + "/newest.snap"
+	os.WriteFile(files[0], blob, 0o600)
+	bin := harness.Binary(t, chainfiretest.Package)
+	ports, _ := harness.FreePorts(2)
+	clientURL, peer := fmt.Sprintf("http://127.0.0.1:%d", ports[0]), fmt.Sprintf("http://127.0.0.1:%d", ports[1])
+	data := t.TempDir() + "/data"
+	args := []string{"--name", "r", "--data-dir", data, "--initial-advertise-peer-urls", peer}
+	if out, err := exec.Command(bin, append([]string{"snapshot", "restore", files[0]}, args...)...).CombinedOutput(); err != nil {
+		t.Fatalf("restore: %v\n%s", err, out)
+	}
+	p := harness.NewProcess(t, harness.ProcessConfig{Name: "restored", Path: bin, ReadyURL: clientURL + "/readyz",
+		Args: append([]string{"server", "--listen-client-urls", clientURL, "--advertise-client-urls", clientURL, "--listen-peer-urls", peer}, args...)})
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := client(t, clientURL).Get(ctx, "s/", chainfire.WithPrefix(), chainfire.WithCountOnly())
+	if err != nil || r.Count != 30 {
+		t.Fatalf("restored member has %v keys, %v", r.GetCount(), err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"plasmacloud.dev/chainfire/internal/backup"
 	"plasmacloud.dev/chainfire/internal/node"
 	"plasmacloud.dev/chainfire/internal/server"
 	plasmaserver "plasmacloud.dev/pkg/server"
@@ -26,6 +27,7 @@ func serverCommand() *cobra.Command {
 		electionMs, heartbeatMs int
 		logFormat, logLevel     string
 		tlsFiles                plasmaserver.TLSFiles
+		backups                 backup.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "server",
@@ -59,7 +61,7 @@ func serverCommand() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
-			return server.Run(ctx, cfg, server.Options{TLS: tlsFiles})
+			return server.Run(ctx, cfg, server.Options{TLS: tlsFiles, Backup: backups})
 		},
 	}
 	f := cmd.Flags()
@@ -85,6 +87,9 @@ func serverCommand() *cobra.Command {
 	f.StringVar(&tlsFiles.KeyFile, "key-file", "", "client API TLS key (PEM)")
 	f.StringVar(&tlsFiles.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
 	f.BoolVar(&tlsFiles.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	f.DurationVar(&backups.Interval, "snapshot-interval", 0, "write a snapshot of the store this often (0: never); restore one with 'chainfire snapshot restore'")
+	f.StringVar(&backups.Dir, "snapshot-dir", "", "directory for scheduled snapshots (default DATA_DIR/backups)")
+	f.IntVar(&backups.Retain, "snapshot-retain", 5, "scheduled snapshots kept, newest first")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd

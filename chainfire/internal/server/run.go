@@ -6,12 +6,14 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"plasmacloud.dev/chainfire/internal/api"
+	"plasmacloud.dev/chainfire/internal/backup"
 	"plasmacloud.dev/chainfire/internal/node"
 	plasmaserver "plasmacloud.dev/pkg/server"
 )
@@ -19,6 +21,8 @@ import (
 // Options are what Run needs besides the node configuration.
 type Options struct {
 	TLS plasmaserver.TLSFiles
+	// Backup, when its Interval is positive, writes scheduled snapshots of the store.
+	Backup backup.Config
 }
 
 // Run serves a member until ctx is canceled, then shuts down gracefully: a leader hands its
@@ -59,6 +63,14 @@ func Run(ctx context.Context, cfg node.Config, opts Options) error {
 	}
 	srv := plasmaserver.New(srvCfg)
 	api.Register(srv, n, api.Options{Drain: srv.DrainStarted(), ReadMaxBytes: 4 * cfg.MaxRequestBytes})
+
+	if opts.Backup.Interval > 0 {
+		if opts.Backup.Dir == "" {
+			opts.Backup.Dir = filepath.Join(cfg.DataDir, "backups")
+		}
+		opts.Backup.Logger = log.With("component", "backup")
+		go backup.Run(ctx, n.Store(), opts.Backup)
+	}
 
 	srvCtx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
