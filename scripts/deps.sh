@@ -26,12 +26,14 @@ DEBIAN_PACKAGES=(
 	# Scripts: readiness probes and JSON output.
 	curl
 	jq
+	# ChainFire's alert rules are checked with promtool (deploy/prometheus/alerts.yml).
+	prometheus
 )
 
 # Packages whose daemons Debian would start at install time and that must not run:
 # tests start their own instances on free ports, and a system etcd would hold 2379,
 # the port of `make dev`'s first node.
-NO_AUTOSTART_SERVICES=(etcd)
+NO_AUTOSTART_SERVICES=(etcd prometheus)
 
 # Go itself comes from go.dev (Debian 12 ships 1.19); the repo needs this one.
 GO_MIN_MINOR=26

@@ -82,6 +82,7 @@ func serverCommand() *cobra.Command {
 	f.IntVar(&cfg.Limits.MaxValueBytes, "max-value-bytes", cfg.Limits.MaxValueBytes, "largest value accepted")
 	f.IntVar(&cfg.Limits.MaxTxnOps, "max-txn-ops", cfg.Limits.MaxTxnOps, "most operations in one txn")
 	f.IntVar(&cfg.MaxRequestBytes, "max-request-bytes", cfg.MaxRequestBytes, "request size the limits are sized for (messages over 4x are refused)")
+	f.Int64Var(&cfg.QuotaBackendBytes, "quota-backend-bytes", cfg.QuotaBackendBytes, "store size operators are alerted at (alerts fire at 80%); not enforced yet")
 	f.DurationVar(&cfg.ProgressNotifyInterval, "experimental-watch-progress-notify-interval", cfg.ProgressNotifyInterval, "interval of watch progress notifications")
 	f.StringVar(&tlsFiles.CertFile, "cert-file", "", "client API TLS certificate (PEM)")
 	f.StringVar(&tlsFiles.KeyFile, "key-file", "", "client API TLS key (PEM)")

@@ -43,6 +43,9 @@ type Config struct {
 	Limits mvcc.Limits
 	// MaxRequestBytes bounds one request message.
 	MaxRequestBytes int
+	// QuotaBackendBytes is the store size operators are alerted at (80% of it, see
+	// deploy/prometheus/alerts.yml); writes beyond it are not refused yet.
+	QuotaBackendBytes int64
 	// ProgressNotifyInterval is how often watchers that asked for progress notifications get one.
 	ProgressNotifyInterval time.Duration
 
@@ -72,6 +75,7 @@ func DefaultConfig() Config {
 		Limits:                   mvcc.DefaultLimits(),
 		MaxRequestBytes:          int(1.5 * 1024 * 1024),
 		ProgressNotifyInterval:   10 * time.Minute,
+		QuotaBackendBytes:        8 << 30,
 	}
 }
 

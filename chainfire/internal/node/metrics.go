@@ -62,6 +62,7 @@ func (m *metrics) register(reg prometheus.Registerer, n *Node) {
 	gauge("chainfire_server_raft_applied_index", "Index applied to the store.", func() float64 { return float64(n.fsm.Applied()) })
 	gauge("chainfire_server_raft_last_index", "Last raft log index.", func() float64 { return float64(n.raft.LastIndex()) })
 	gauge("chainfire_mvcc_db_total_size_in_bytes", "Store size on disk.", func() float64 { return float64(n.store.DBSize()) })
+	gauge("chainfire_server_quota_backend_bytes", "Store size at which operators are alerted (--quota-backend-bytes).", func() float64 { return float64(n.cfg.QuotaBackendBytes) })
 	gauge("chainfire_mvcc_revision", "Current store revision.", func() float64 { cur, _ := n.store.Revision(); return float64(cur) })
 	gauge("chainfire_server_raft_last_contact_seconds", "Seconds since this member last heard from the leader (0 on the leader).", func() float64 {
 		if n.raft.State() == raft.Leader {
