@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -39,7 +38,7 @@ again with their old data.`,
 			}
 			cfg.Logger = log
 			if !cmd.Flags().Changed("initial-cluster") {
-				cfg.InitialCluster = cfg.Name + "=" + strings.Join(cfg.InitialAdvertisePeerURLs, ","+cfg.Name+"=")
+				cfg.InitialCluster = cfg.SelfCluster()
 			}
 			if err := node.Recover(cfg); err != nil {
 				return err

@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -34,7 +33,7 @@ exactly the data at the snapshot's revision. A corrupt or truncated file is refu
 			}
 			cfg.Logger = log
 			if !cmd.Flags().Changed("initial-cluster") {
-				cfg.InitialCluster = cfg.Name + "=" + strings.Join(cfg.InitialAdvertisePeerURLs, ","+cfg.Name+"=")
+				cfg.InitialCluster = cfg.SelfCluster()
 			}
 			f, err := os.Open(args[0])
 			if err != nil {

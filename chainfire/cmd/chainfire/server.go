@@ -54,7 +54,7 @@ func serverCommand() *cobra.Command {
 			_ = heartbeatMs // raft heartbeats at a tenth of the election timeout
 			if !cmd.Flags().Changed("initial-cluster") {
 				// A single member by default, as etcd: name=each advertised peer URL.
-				cfg.InitialCluster = cfg.Name + "=" + strings.Join(cfg.InitialAdvertisePeerURLs, ","+cfg.Name+"=")
+				cfg.InitialCluster = cfg.SelfCluster()
 			}
 			if err := cfg.Validate(); err != nil {
 				return fmt.Errorf("invalid configuration: %w", err)

@@ -79,6 +79,16 @@ func DefaultConfig() Config {
 	}
 }
 
+// SelfCluster is the --initial-cluster of a member alone: name=each advertised peer URL
+// (etcd's default).
+func (c *Config) SelfCluster() string {
+	parts := make([]string, len(c.InitialAdvertisePeerURLs))
+	for i, u := range c.InitialAdvertisePeerURLs {
+		parts[i] = c.Name + "=" + u
+	}
+	return strings.Join(parts, ",")
+}
+
 // initialMember is one entry of --initial-cluster.
 type initialMember struct {
 	Name     string
