@@ -1,6 +1,10 @@
 // Package raftlog opens the raft log and stable store a member keeps its consensus state in:
 // raft-boltdb/v2 (the default) or raft-wal, Consul's segment-file log. Both fsync every
-// append. BenchmarkStoreLogs compares them; docs/chainfire/performance.md has the figures.
+// append. BenchmarkStoreLogs compares them (raft-wal appends faster); docs/chainfire/
+// performance.md has the figures. raft-wal v0.4.0 is not the default because it cannot
+// reopen a log whose tail was truncated (TestWALReopenAfterTailTruncation, upstream
+// hashicorp/raft-wal#31), which a follower does after every leader change that drops
+// uncommitted entries.
 package raftlog
 
 import (

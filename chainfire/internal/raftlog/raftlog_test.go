@@ -78,3 +78,47 @@ func BenchmarkStoreLogs(b *testing.B) {
 		}
 	}
 }
+
+// TestWALReopenAfterTailTruncation pins down why boltdb is the default: a follower truncates
+// its log's tail when a new leader overwrites uncommitted entries (raft's DeleteRange of a
+// suffix), and raft-wal v0.4.0 then cannot read that log after a restart
+// (hashicorp/raft-wal#31, found by the chaos suite). boltdb must survive it; if raft-wal ever
+// does too, this test says so, and the default can be reconsidered.
+func TestWALReopenAfterTailTruncation(t *testing.T) {
+	for _, kind := range Kinds {
+		t.Run(kind, func(t *testing.T) {
+			dir := t.TempDir()
+			s, err := Open(kind, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := uint64(1); i <= 10; i++ {
+				if err := s.StoreLog(&raft.Log{Index: i, Term: 1, Type: raft.LogCommand, Data: []byte("x")}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := s.DeleteRange(8, 10); err != nil {
+				t.Fatal(err)
+			}
+			if err := s.StoreLog(&raft.Log{Index: 8, Term: 2, Type: raft.LogCommand, Data: []byte("y")}); err != nil {
+				t.Fatal(err)
+			}
+			s.Close()
+			s, err = Open(kind, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			var l raft.Log
+			err = s.GetLog(1, &l)
+			switch {
+			case kind == "boltdb" && err != nil:
+				t.Fatalf("boltdb after tail truncation and reopen: %v", err)
+			case kind == "wal" && err == nil:
+				t.Fatal("raft-wal now reopens a tail-truncated log: hashicorp/raft-wal#31 is fixed; reconsider the default log store and update docs/chainfire")
+			case kind == "wal":
+				t.Logf("raft-wal after tail truncation and reopen: %v (hashicorp/raft-wal#31)", err)
+			}
+		})
+	}
+}
