@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -51,7 +52,9 @@ func newTestCluster(t *testing.T, size int) *testCluster {
 		peer := fmt.Sprintf("http://127.0.0.1:%d", freePort(t))
 		cfg.ListenClientURLs, cfg.AdvertiseClientURLs = []string{client}, []string{client}
 		cfg.ListenPeerURLs, cfg.InitialAdvertisePeerURLs = []string{peer}, []string{peer}
-		cfg.ElectionTimeout = 300 * time.Millisecond
+		// Generous: these tests run beside others under the race detector on 2 cores, and
+		// a starved heartbeat would depose the leader mid-test.
+		cfg.ElectionTimeout = time.Second
 		if testing.Verbose() {
 			cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("member", cfg.Name)
 		}
@@ -201,9 +204,16 @@ func TestConcurrentBarriersShareRounds(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			n := tc.nodes[(l+i)%3]
-			if _, err := n.Propose(ctx, put(fmt.Sprintf("c%d", i), "v")); err != nil {
-				errs <- err
-				return
+			// The put is idempotent, so an outcome lost to a leader change is retried.
+			for {
+				_, err := n.Propose(ctx, put(fmt.Sprintf("c%d", i), "v"))
+				if err == nil {
+					break
+				}
+				if !errors.Is(err, ErrResultUnknown) && !errors.Is(err, ErrNoLeader) {
+					errs <- err
+					return
+				}
 			}
 			if err := n.LinearizableBarrier(ctx); err != nil {
 				errs <- err
