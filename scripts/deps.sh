@@ -20,9 +20,14 @@ DEBIAN_PACKAGES=(
 	# ChainFire: etcd 3.4 and etcdctl for the compatibility tests and the benchmark peer.
 	etcd-server
 	etcd-client
-	# Fault injection: network namespaces, veth pairs (ip) and partitions (nft).
+	# Fault injection (pkg/harness's Network): network namespaces, veth pairs and delay
+	# (ip, tc), partitions and loss (nft), and delay on kernels without tc netem
+	# (iptables NFQUEUE rules).
 	iproute2
 	nftables
+	iptables
+	# tests/harnesssmoke: busybox httpd and wget run inside network namespaces.
+	busybox-static
 	# Scripts: readiness probes and JSON output.
 	curl
 	jq

@@ -2,6 +2,15 @@
 // processes on loopback through the harness, with helpers to find the leader and to fault
 // members. Any module's tests may use it (IAM, WatchBus, PlasmaVMC need a ChainFire); it
 // imports no generated protos, so tests that link etcd's own client can use it too.
+//
+// With Options.Network each member runs on a host of its own, a network namespace of a
+// harness.Network, so that tests can partition the cluster:
+//
+//	c := chainfiretest.Start(t, 3, chainfiretest.Options{Network: true})
+//	l := c.MustLeader()
+//	c.Isolate(l) // l is cut from the other members; the test still reaches everyone
+//	...
+//	c.Heal()
 package chainfiretest
 
 import (
@@ -30,8 +39,21 @@ type Options struct {
 	ExtraArgs []string
 	// TLS, when set, serves the client URLs over https with these PEM files (the
 	// certificate must be valid for 127.0.0.1); members verify each other with CAFile.
+	// It cannot be combined with Network.
 	TLS *TLSFiles
+	// Network, when set, runs member i inside host i of a harness.Network created for
+	// the cluster (Cluster.Net), listening on the host's IP with the standard ports:
+	// ClientURL http://IP:2379, PeerURL http://IP:2380. The test process reaches every
+	// member whatever the faults, so readiness checks, Leader and Metric keep working
+	// while members are cut from each other. Network needs root (harness.RequireRoot).
+	Network bool
 }
+
+// Ports of the members of a cluster started with Options.Network.
+const (
+	NetworkClientPort = 2379
+	NetworkPeerPort   = 2380
+)
 
 // TLSFiles names PEM files for a TLS cluster.
 type TLSFiles struct {
@@ -47,16 +69,21 @@ type Member struct {
 	ClientURL string
 	PeerURL   string
 	DataDir   string
+	host      int // index of its host in Cluster.Net, with Options.Network
 }
 
-// Cluster is a running ChainFire cluster owned by a test.
+// Cluster is a running ChainFire cluster owned by a test. Its methods that fail the test
+// (all but Leader, LeaderAmong and Metric) must be called from the test's goroutine.
 type Cluster struct {
 	t       testing.TB
 	bin     string
 	opts    Options
 	token   string
 	Members []*Member
-	hc      *http.Client
+	// Net is the network the members run in when Options.Network is set (member i on
+	// host i), for faults beyond the helpers below such as Netem; nil otherwise.
+	Net *harness.Network
+	hc  *http.Client
 }
 
 // Start launches size members with a static bootstrap and waits until every one is ready
@@ -65,6 +92,9 @@ func Start(t testing.TB, size int, opts Options) *Cluster {
 	t.Helper()
 	c := &Cluster{t: t, bin: harness.Binary(t, Package), opts: opts, token: fmt.Sprintf("test-%d", time.Now().UnixNano()),
 		hc: &http.Client{Timeout: 2 * time.Second}}
+	if opts.Network {
+		return c.startNetwork(size)
+	}
 	scheme := "http"
 	if opts.TLS != nil {
 		scheme = "https"
@@ -96,6 +126,41 @@ func Start(t testing.TB, size int, opts Options) *Cluster {
 	return c
 }
 
+// startNetwork is Start with Options.Network: the network is created before the
+// processes, so that the test's cleanups kill them before they remove the network.
+func (c *Cluster) startNetwork(size int) *Cluster {
+	c.t.Helper()
+	if c.opts.TLS != nil {
+		c.t.Fatal("chainfiretest: Options.TLS and Options.Network cannot be combined (certificates are for 127.0.0.1)")
+	}
+	c.Net = harness.NewNetwork(c.t, size)
+	c.hc.Transport = &http.Transport{Proxy: nil} // 10.77.x.y is not loopback: never proxy it
+	var initial []string
+	for i := range size {
+		m := c.networkMember(i, i)
+		initial = append(initial, m.Name+"="+m.PeerURL)
+		c.Members = append(c.Members, m)
+	}
+	for _, m := range c.Members {
+		c.spawn(m, strings.Join(initial, ","), "new")
+	}
+	c.WaitReady()
+	return c
+}
+
+// networkMember describes member i, on host h of c.Net.
+func (c *Cluster) networkMember(i, h int) *Member {
+	ip := c.Net.Host(h).IP
+	return &Member{
+		Name:      fmt.Sprintf("cf%d", i+1),
+		ClientURL: fmt.Sprintf("http://%s:%d", ip, NetworkClientPort),
+		PeerURL:   fmt.Sprintf("http://%s:%d", ip, NetworkPeerPort),
+		DataDir:   c.t.TempDir(),
+		host:      h,
+	}
+}
+
+// spawn creates m's process and starts it.
 func (c *Cluster) spawn(m *Member, initialCluster, state string) {
 	args := []string{"server", "--name", m.Name, "--data-dir", m.DataDir,
 		"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
@@ -114,7 +179,14 @@ func (c *Cluster) spawn(m *Member, initialCluster, state string) {
 		ready = "" // the harness probes without TLS; WaitReady polls with c.hc instead
 	}
 	args = append(args, c.opts.ExtraArgs...)
-	m.Process = harness.NewProcess(c.t, harness.ProcessConfig{Name: m.Name, Path: c.bin, Args: args, ReadyURL: ready})
+	cfg := harness.ProcessConfig{Name: m.Name, Path: c.bin, Args: args, ReadyURL: ready}
+	if c.Net != nil {
+		cfg.Wrap = c.Net.Wrap(m.host)
+		// Members reach each other on 10.77.x.y, which a proxy in the environment
+		// would otherwise capture (Go bypasses proxies for loopback only).
+		cfg.Env = []string{"NO_PROXY=" + c.Net.Subnet(), "no_proxy=" + c.Net.Subnet()}
+	}
+	m.Process = harness.NewProcess(c.t, cfg)
 	if err := m.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", m.Name, err)
 	}
@@ -122,15 +194,22 @@ func (c *Cluster) spawn(m *Member, initialCluster, state string) {
 
 // AddMember starts a new member with --initial-cluster-state existing; the caller must
 // have announced it with MemberAdd (its peer URL is returned first so the caller can).
-// announce is called with the new member's peer URL before the process starts.
+// announce is called with the new member's peer URL before the process starts. With
+// Options.Network the member runs on a new host of Net, which faults in force apply to
+// as harness.Network.AddHost says.
 func (c *Cluster) AddMember(announce func(peerURL string) error) *Member {
 	c.t.Helper()
-	ports, err := harness.FreePorts(2)
-	if err != nil {
-		c.t.Fatal(err)
+	var m *Member
+	if c.Net != nil {
+		m = c.networkMember(len(c.Members), c.Net.AddHost())
+	} else {
+		ports, err := harness.FreePorts(2)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		m = &Member{Name: fmt.Sprintf("cf%d", len(c.Members)+1), ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
+			PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1]), DataDir: c.t.TempDir()}
 	}
-	m := &Member{Name: fmt.Sprintf("cf%d", len(c.Members)+1), ClientURL: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
-		PeerURL: fmt.Sprintf("http://127.0.0.1:%d", ports[1]), DataDir: c.t.TempDir()}
 	if err := announce(m.PeerURL); err != nil {
 		c.t.Fatalf("announce %s: %v", m.Name, err)
 	}
@@ -211,10 +290,22 @@ func clientTLS(f TLSFiles) (*tls.Config, error) {
 // Leader returns the index of the member that reports itself leader, waiting up to
 // timeout; -1 if none does.
 func (c *Cluster) Leader(timeout time.Duration) int {
+	return c.LeaderAmong(timeout)
+}
+
+// LeaderAmong is Leader restricted to the given members (all when none is given): during
+// a partition a deposed leader may still report itself leader for a moment, so a test
+// waiting for the majority's new leader asks the majority's members only.
+func (c *Cluster) LeaderAmong(timeout time.Duration, members ...int) int {
+	if len(members) == 0 {
+		for i := range c.Members {
+			members = append(members, i)
+		}
+	}
 	deadline := time.Now().Add(timeout)
 	for {
-		for i, m := range c.Members {
-			if m.Running() && c.metric(m, "chainfire_server_is_leader") == 1 {
+		for _, i := range members {
+			if m := c.Members[i]; m.Running() && c.metric(m, "chainfire_server_is_leader") == 1 {
 				return i
 			}
 		}
@@ -270,3 +361,54 @@ func (c *Cluster) metric(m *Member, name string) float64 {
 
 // Metric exposes metric for tests.
 func (c *Cluster) Metric(i int, name string) float64 { return c.metric(c.Members[i], name) }
+
+// Isolate cuts member i off from every other member, both ways (harness.Network.Isolate);
+// the test process still reaches it. It needs Options.Network and fails the test on
+// error, as do Partition, Cut and Heal; members are indexed as in Members, and an index
+// out of range panics.
+func (c *Cluster) Isolate(i int) {
+	c.t.Helper()
+	if err := c.network().Isolate(c.Members[i].host); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Partition splits the members into groups that cannot reach each other
+// (harness.Network.Partition), e.g. Partition([]int{0}, []int{1, 2}).
+func (c *Cluster) Partition(groups ...[]int) {
+	c.t.Helper()
+	hosts := make([][]int, len(groups))
+	for g, members := range groups {
+		for _, i := range members {
+			hosts[g] = append(hosts[g], c.Members[i].host)
+		}
+	}
+	if err := c.network().Partition(hosts...); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Cut drops the packets member from sends to member to, one way (harness.Network.Cut).
+func (c *Cluster) Cut(from, to int) {
+	c.t.Helper()
+	if err := c.network().Cut(c.Members[from].host, c.Members[to].host); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// Heal removes every network fault (harness.Network.Heal).
+func (c *Cluster) Heal() {
+	c.t.Helper()
+	if err := c.network().Heal(); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// network returns c.Net, failing the test when the cluster has none.
+func (c *Cluster) network() *harness.Network {
+	c.t.Helper()
+	if c.Net == nil {
+		c.t.Fatal("chainfiretest: network faults need Options.Network")
+	}
+	return c.Net
+}

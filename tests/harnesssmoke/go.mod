@@ -1,0 +1,10 @@
+module plasmacloud.dev/tests/harnesssmoke
+
+go 1.26.0
+
+require plasmacloud.dev/pkg v0.0.0
+
+replace (
+	plasmacloud.dev/pkg => ../../pkg
+	plasmacloud.dev/proto => ../../proto
+)
