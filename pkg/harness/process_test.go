@@ -348,8 +348,11 @@ func TestCluster(t *testing.T) {
 	if err := c.Start(); err != nil { // starts only the dead one
 		t.Fatal(err)
 	}
-	if _, err := c.Proc(1).WaitLog(ctx, regexp.MustCompile("ready")); err != nil {
-		t.Fatal(err)
+	// Every helper must have installed its SIGTERM handler ("ready") before Terminate.
+	for _, p := range c.Procs() {
+		if _, err := p.WaitLog(ctx, regexp.MustCompile("ready")); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if err := c.Terminate(10 * time.Second); err != nil {
 		t.Fatalf("Terminate: %v", err)
