@@ -108,3 +108,7 @@ clean: ## remove built binaries, dev cluster data and test logs (keeps bin/tools
 
 distclean: clean ## clean, and remove bin/tools too
 	rm -rf $(BIN_DIR)
+
+.PHONY: bench-compare
+bench-compare: build ## ChainFire vs etcd 3.4, 3 members each, interleaved rounds (ROUNDS, TOTAL, QUICK=1; docs/chainfire/performance.md)
+	@scripts/bench-compare.sh
