@@ -3,6 +3,7 @@ module plasmacloud.dev/chainfire
 go 1.26.0
 
 require (
+	github.com/anishathalye/porcupine v1.3.1
 	plasmacloud.dev/pkg v0.0.0
 	plasmacloud.dev/proto v0.0.0
 )
