@@ -77,7 +77,7 @@ func serverCommand() *cobra.Command {
 	f.IntVar(&electionMs, "election-timeout", int(cfg.ElectionTimeout/time.Millisecond), "milliseconds without a leader's heartbeat before a follower starts an election")
 	f.IntVar(&heartbeatMs, "heartbeat-interval", 0, "accepted for etcd compatibility; raft heartbeats at a tenth of --election-timeout")
 	f.Uint64Var(&cfg.SnapshotCount, "snapshot-count", cfg.SnapshotCount, "applied entries between raft snapshots")
-	f.StringVar(&cfg.LogStore, "log-store", cfg.LogStore, "raft log store: boltdb, or wal (faster, but see hashicorp/raft-wal#31: may not restart after a log truncation)")
+	f.StringVar(&cfg.LogStore, "log-store", cfg.LogStore, "raft log store: wal (raft-wal, faster appends) or boltdb (raft-boltdb)")
 	f.IntVar(&cfg.Limits.MaxKeyBytes, "max-key-bytes", cfg.Limits.MaxKeyBytes, "largest key accepted")
 	f.IntVar(&cfg.Limits.MaxValueBytes, "max-value-bytes", cfg.Limits.MaxValueBytes, "largest value accepted")
 	f.IntVar(&cfg.Limits.MaxTxnOps, "max-txn-ops", cfg.Limits.MaxTxnOps, "most operations in one txn")

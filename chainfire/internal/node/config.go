@@ -36,10 +36,8 @@ type Config struct {
 	ElectionTimeout time.Duration
 	// SnapshotCount is the number of applied entries between raft snapshots.
 	SnapshotCount uint64
-	// LogStore selects the raft log store: "boltdb" (raft-boltdb/v2, the default) or "wal"
-	// (raft-wal v0.4.0: faster appends, but a member that truncated its log's tail — as a
-	// follower does after a leader change — cannot restart: hashicorp/raft-wal#31, found by
-	// the chaos suite). See docs/chainfire/performance.md.
+	// LogStore selects the raft log store: "wal" (raft-wal, the default: faster appends) or
+	// "boltdb" (raft-boltdb/v2). See docs/chainfire/performance.md.
 	LogStore string
 	// Limits bounds keys, values and txn sizes; requests over them get InvalidArgument.
 	Limits mvcc.Limits
@@ -73,7 +71,7 @@ func DefaultConfig() Config {
 		InitialClusterToken:      "chainfire-cluster",
 		ElectionTimeout:          500 * time.Millisecond,
 		SnapshotCount:            10000,
-		LogStore:                 "boltdb",
+		LogStore:                 "wal",
 		Limits:                   mvcc.DefaultLimits(),
 		MaxRequestBytes:          int(1.5 * 1024 * 1024),
 		ProgressNotifyInterval:   10 * time.Minute,

@@ -174,6 +174,14 @@ func (n *Node) MemberRemove(ctx context.Context, id uint64) ([]*pb.Member, error
 		if !n.inConfig(id) {
 			return fmt.Errorf("%w: %x", ErrMemberNotFound, id)
 		}
+		if id == n.id && len(n.votersExceptSelf()) > 0 {
+			// A leader removing itself would have no leader left to record the removal
+			// with: hand leadership over first, then let the new leader remove us.
+			if err := n.raft.LeadershipTransfer().Error(); err != nil {
+				return fmt.Errorf("%w: hand over leadership before removing this member: %v", ErrNoLeader, err)
+			}
+			return ErrNotLeader
+		}
 		if err := n.raft.RemoveServer(raft.ServerID(serverID(id)), 0, time.Until(deadline(ctx))).Error(); err != nil {
 			return raftErr(err)
 		}

@@ -120,9 +120,6 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 		return nil, fmt.Errorf("chainfire: %w", err)
 	}
 	stable := logs.StableStore
-	if cfg.LogStore == "wal" {
-		n.log.Warn("--log-store wal: raft-wal v0.4.0 cannot reopen a log whose tail was truncated (hashicorp/raft-wal#31); a member may fail to restart after a leader change")
-	}
 	n.closers = append(n.closers, logs.Close)
 	cache, err := raft.NewLogCache(1024, logs.LogStore)
 	if err != nil {

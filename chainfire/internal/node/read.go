@@ -82,7 +82,11 @@ func (n *Node) readIndexRound(ctx context.Context) (uint64, error) {
 				return idx, err
 			}
 		} else if url := n.leaderClientURL(); url != "" {
-			resp, err := n.peers.get(url).peer.ReadIndex(ctx, forwardHeader(connect.NewRequest(&peerv1.ReadIndexRequest{})))
+			// One election timeout per attempt: a leader that hangs or is cut off neither
+			// answers nor refuses, and by then another may have been elected.
+			actx, cancel := context.WithTimeout(ctx, n.cfg.ElectionTimeout)
+			resp, err := n.peers.get(url).peer.ReadIndex(actx, forwardHeader(connect.NewRequest(&peerv1.ReadIndexRequest{})))
+			cancel()
 			if err == nil {
 				return resp.Msg.Index, nil
 			}
