@@ -14,11 +14,14 @@ import (
 
 // readResult is one linearizable read through a deposed leader.
 type readResult struct {
-	how   string // "get" or "txn"
-	phase string
-	value string
-	err   error
-	call  time.Time
+	how    string // "get" or "txn"
+	phase  string
+	value  string
+	modRev int64 // mod revision of the value read
+	rev    int64 // header revision of the response
+	member uint64
+	err    error
+	call   time.Time
 }
 
 // staleReads collects reads through an old leader; each was invoked after the write
@@ -37,15 +40,21 @@ func (s *staleReads) read(cli *chainfire.Client, key, how, phase string, timeout
 	if how == "get" {
 		resp, err := cli.Get(ctx, key)
 		r.err = err
-		if err == nil && len(resp.Kvs) > 0 {
-			r.value = string(resp.Kvs[0].Value)
+		if err == nil {
+			r.rev, r.member = resp.Header.GetRevision(), resp.Header.GetMemberId()
+			if len(resp.Kvs) > 0 {
+				r.value, r.modRev = string(resp.Kvs[0].Value), resp.Kvs[0].ModRevision
+			}
 		}
 	} else {
 		resp, err := cli.Txn(ctx).Then(chainfire.OpGet(key)).Commit()
 		r.err = err
-		if err == nil && len(resp.Responses) == 1 {
-			if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
-				r.value = string(kvs[0].Value)
+		if err == nil {
+			r.rev, r.member = resp.Header.GetRevision(), resp.Header.GetMemberId()
+			if len(resp.Responses) == 1 {
+				if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) > 0 {
+					r.value, r.modRev = string(kvs[0].Value), kvs[0].ModRevision
+				}
 			}
 		}
 	}
@@ -76,8 +85,8 @@ func (s *staleReads) check(t *testing.T, round int, want, old string) {
 		case r.value == want:
 			p.fresh++
 		default:
-			t.Errorf("round %d: STALE READ through the old leader (%s, %s, invoked %s): got %q, want %q (the value before was %q)",
-				round, r.how, r.phase, r.call.Format("15:04:05.000"), r.value, want, old)
+			t.Errorf("round %d: STALE READ through the old leader (%s, %s, invoked %s): got %q (mod revision %d, response revision %d, member %x), want %q (the value before was %q)",
+				round, r.how, r.phase, r.call.Format("15:04:05.000"), r.value, r.modRev, r.rev, r.member, want, old)
 		}
 	}
 	var b strings.Builder
@@ -120,10 +129,12 @@ func writeThrough(t *testing.T, cli *chainfire.Client, key, val string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	for {
-		_, err := cli.Put(ctx, key, val)
+		resp, err := cli.Put(ctx, key, val)
 		if err == nil {
+			t.Logf("wrote %s=%s at revision %d", key, val, resp.Header.GetRevision())
 			return
 		}
+		t.Logf("write %s=%s: %v (writing again)", key, val, err)
 		if ctx.Err() != nil {
 			t.Fatalf("write %s=%s through the majority: %v", key, val, err)
 		}
