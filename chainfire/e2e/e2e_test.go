@@ -18,6 +18,8 @@ import (
 
 	"plasmacloud.dev/pkg/chainfire"
 	"plasmacloud.dev/pkg/chainfiretest"
+	peerv1 "plasmacloud.dev/proto/chainfire/peer/v1"
+	"plasmacloud.dev/proto/chainfire/peer/v1/peerv1connect"
 	pb "plasmacloud.dev/proto/etcdserverpb"
 )
 
@@ -421,4 +423,30 @@ func TestBadInput(t *testing.T) {
 		t.Fatalf("bad input changed the revision from %d to %d", before.Header.Revision, after.Header.Revision)
 	}
 	_ = pb.RangeRequest{}
+}
+
+// TestLateForwardedProposalRefused: a forwarded proposal that reaches the leader after the
+// forwarding member's deadline (held up in a partition) is refused, not applied late.
+func TestLateForwardedProposalRefused(t *testing.T) {
+	t.Parallel()
+	c := chainfiretest.Start(t, 3, chainfiretest.Options{})
+	ctx := testCtx(t, 30*time.Second)
+	l := c.MustLeader()
+	peer := peerv1connect.NewPeerServiceClient(http.DefaultClient, c.Members[l].ClientURL)
+	cmd := &peerv1.Command{Op: &peerv1.Command_Put{Put: &pb.PutRequest{Key: []byte("late"), Value: []byte("v")}}}
+	req := connect.NewRequest(&peerv1.ProposeRequest{Command: cmd})
+	req.Header().Set("X-Chainfire-Forwarded", "1")
+	req.Header().Set("X-Chainfire-Forward-Deadline", fmt.Sprint(time.Now().Add(-time.Second).UnixNano()))
+	if _, err := peer.Propose(ctx, req); connect.CodeOf(err) != connect.CodeUnavailable {
+		t.Fatalf("expired forwarded proposal: %v, want Unavailable", err)
+	}
+	r, err := client(t, c.Endpoints()...).Get(ctx, "late")
+	if err != nil || len(r.Kvs) != 0 {
+		t.Fatalf("the expired proposal was applied: %v %v", r, err)
+	}
+	req = connect.NewRequest(&peerv1.ProposeRequest{Command: cmd})
+	req.Header().Set("X-Chainfire-Forward-Deadline", fmt.Sprint(time.Now().Add(5*time.Second).UnixNano()))
+	if _, err := peer.Propose(ctx, req); err != nil {
+		t.Fatalf("forwarded proposal within its deadline: %v", err)
+	}
 }

@@ -2,9 +2,12 @@ package api
 
 import (
 	"context"
+	"errors"
+	"time"
 
 	"connectrpc.com/connect"
 
+	"plasmacloud.dev/chainfire/internal/node"
 	peerv1 "plasmacloud.dev/proto/chainfire/peer/v1"
 )
 
@@ -15,6 +18,11 @@ type peerService struct{ *service }
 func (s *peerService) Propose(ctx context.Context, req *connect.Request[peerv1.ProposeRequest]) (*connect.Response[peerv1.ProposeResponse], error) {
 	if req.Msg.Command == nil {
 		return nil, invalid("propose.command is missing")
+	}
+	if node.ForwardExpired(req.Header(), time.Now()) {
+		// The forwarding member has given up on it (and told its client the outcome is
+		// unknown): never apply it late.
+		return nil, connect.NewError(connect.CodeUnavailable, errors.New("chainfire: forwarded proposal arrived after its deadline; not applied"))
 	}
 	res, err := s.n.ProposeLocal(ctx, req.Msg.Command)
 	if err != nil {

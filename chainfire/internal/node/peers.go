@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -18,6 +20,23 @@ import (
 // ForwardedHeader marks a request one member forwarded to another, so the receiver never
 // forwards it again (no loops while leadership moves).
 const ForwardedHeader = "X-Chainfire-Forwarded"
+
+// ForwardDeadlineHeader carries the absolute deadline (Unix nanoseconds) of a forwarded
+// proposal. gRPC's own timeout is relative, so a request held up in a partitioned network
+// would arrive with a fresh budget long after the forwarding member gave up; the leader
+// refuses a proposal whose deadline has passed instead of applying it late (up to the
+// members' clock skew).
+const ForwardDeadlineHeader = "X-Chainfire-Forward-Deadline"
+
+// ForwardExpired reports whether a forwarded request's absolute deadline has passed.
+func ForwardExpired(h http.Header, now time.Time) bool {
+	v := h.Get(ForwardDeadlineHeader)
+	if v == "" {
+		return false
+	}
+	ns, err := strconv.ParseInt(v, 10, 64)
+	return err == nil && now.UnixNano() > ns
+}
 
 // peerClients holds the Connect clients to other members, on one pooled HTTP/2 client per
 // member client URL. Safe for concurrent use.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
@@ -54,7 +55,9 @@ func (n *Node) propose(ctx context.Context, cmd *peerv1.Command, forward bool) (
 			return nil, ErrNotLeader
 		} else if url := n.leaderClientURL(); url != "" {
 			n.metrics.proposalsForwarded.Inc()
-			resp, err := n.peers.get(url).peer.Propose(ctx, forwardHeader(connect.NewRequest(&peerv1.ProposeRequest{Command: cmd})))
+			req := forwardHeader(connect.NewRequest(&peerv1.ProposeRequest{Command: cmd}))
+			req.Header().Set(ForwardDeadlineHeader, strconv.FormatInt(deadline(ctx).UnixNano(), 10))
+			resp, err := n.peers.get(url).peer.Propose(ctx, req)
 			if err == nil {
 				return resp.Msg.Result, nil
 			}
