@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"plasmacloud.dev/chainfire/internal/mvcc"
 )
 
@@ -185,6 +187,17 @@ func (c *Config) initialMembers() ([]initialMember, error) {
 		out = append(out, *m)
 	}
 	return out, nil
+}
+
+// raftConfiguration is --initial-cluster as a raft configuration: every member a voter,
+// identified by its member id, reached at its first peer URL.
+func raftConfiguration(members []initialMember) raft.Configuration {
+	var c raft.Configuration
+	for _, m := range members {
+		addr, _ := hostPort(m.PeerURLs[0])
+		c.Servers = append(c.Servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(serverID(m.ID)), Address: raft.ServerAddress(addr)})
+	}
+	return c
 }
 
 // MemberID derives a member's id from its peer URLs and the cluster token, as etcd does, so

@@ -169,16 +169,12 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 	n.raft = r
 	n.closers = append(n.closers, func() error { return nil }) // raft shut down explicitly in Close
 	if !existing && cfg.InitialClusterState == "new" {
-		var servers []raft.Server
-		for _, m := range members {
-			addr, _ := hostPort(m.PeerURLs[0])
-			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(serverID(m.ID)), Address: raft.ServerAddress(addr)})
-		}
-		if err := r.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		conf := raftConfiguration(members)
+		if err := r.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
 			r.Shutdown()
 			return nil, fmt.Errorf("chainfire: bootstrap: %w", err)
 		}
-		n.log.Info("bootstrapped new cluster", "members", len(servers))
+		n.log.Info("bootstrapped new cluster", "members", len(conf.Servers))
 	}
 	if reg != nil {
 		n.metrics.register(reg, n)

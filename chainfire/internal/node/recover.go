@@ -36,12 +36,10 @@ func Recover(cfg Config) error {
 		return err
 	}
 	self := false
-	var servers []raft.Server
 	for _, m := range members {
-		addr, _ := hostPort(m.PeerURLs[0])
-		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(serverID(m.ID)), Address: raft.ServerAddress(addr)})
 		self = self || m.Name == cfg.Name
 	}
+	conf := raftConfiguration(members)
 	if !self {
 		return fmt.Errorf("recover: --initial-cluster has no entry for --name %q", cfg.Name)
 	}
@@ -65,10 +63,10 @@ func Recover(cfg Config) error {
 	rc.Logger = hl
 	_, trans := raft.NewInmemTransport("")
 	before := store.AppliedIndex()
-	if err := raft.RecoverCluster(rc, newFSM(store, nil), logs.LogStore, logs.StableStore, snaps, trans, raft.Configuration{Servers: servers}); err != nil {
+	if err := raft.RecoverCluster(rc, newFSM(store, nil), logs.LogStore, logs.StableStore, snaps, trans, conf); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
 	cur, _ := store.Revision()
-	cfg.Logger.Info("recovered", "members", len(servers), "applied_index_before", before, "applied_index", store.AppliedIndex(), "revision", cur)
+	cfg.Logger.Info("recovered", "members", len(conf.Servers), "applied_index_before", before, "applied_index", store.AppliedIndex(), "revision", cur)
 	return nil
 }

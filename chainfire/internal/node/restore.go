@@ -63,11 +63,7 @@ func RestoreSnapshot(cfg Config, r io.Reader) (err error) {
 	term = max(term, 1)
 
 	members, _ := cfg.initialMembers()
-	var servers []raft.Server
-	for _, m := range members {
-		addr, _ := hostPort(m.PeerURLs[0])
-		servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(serverID(m.ID)), Address: raft.ServerAddress(addr)})
-	}
+	conf := raftConfiguration(members)
 	logs, err := raftlog.Open(cfg.LogStore, filepath.Join(cfg.DataDir, "raft"))
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
@@ -82,7 +78,7 @@ func RestoreSnapshot(cfg Config, r io.Reader) (err error) {
 		return fmt.Errorf("restore: %w", err)
 	}
 	_, trans := raft.NewInmemTransport("")
-	sink, err := snaps.Create(raft.SnapshotVersionMax, index, term, raft.Configuration{Servers: servers}, 1, trans)
+	sink, err := snaps.Create(raft.SnapshotVersionMax, index, term, conf, 1, trans)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
@@ -99,6 +95,6 @@ func RestoreSnapshot(cfg Config, r io.Reader) (err error) {
 	if err := sink.Close(); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	cfg.Logger.Info("restored snapshot", "data_dir", cfg.DataDir, "revision", rev, "raft_index", index, "members", len(servers))
+	cfg.Logger.Info("restored snapshot", "data_dir", cfg.DataDir, "revision", rev, "raft_index", index, "members", len(conf.Servers))
 	return nil
 }
