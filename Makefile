@@ -55,11 +55,12 @@ build: ## build every <module>/cmd/* into bin/
 		(cd $$dir && CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN_DIR)/ ./cmd/...); \
 	done
 
+# -count=1: many tests exec the built binaries, which go test's cache cannot see change.
 test: deps build ## deps + build, then go test -race over every workspace module
 	@rm -rf $(TEST_LOG_DIR) && mkdir -p $(TEST_LOG_DIR)
-	@echo "go test -race -timeout $(TEST_TIMEOUT) -skip '^TestChaos' $(TESTFLAGS) $(MODULE_PKGS)   (the chaos suite: make chaos)"
+	@echo "go test -race -count=1 -timeout $(TEST_TIMEOUT) -skip '^TestChaos' $(TESTFLAGS) $(MODULE_PKGS)   (the chaos suite: make chaos)"
 	@status=0; \
-	$(TEST_ENV) $(GO) test -race -timeout $(TEST_TIMEOUT) -skip '^TestChaos' $(TESTFLAGS) $(MODULE_PKGS) 2>&1 \
+	$(TEST_ENV) $(GO) test -race -count=1 -timeout $(TEST_TIMEOUT) -skip '^TestChaos' $(TESTFLAGS) $(MODULE_PKGS) 2>&1 \
 		| tee $(TEST_LOG_DIR)/go-test.out || status=$$?; \
 	if (( status != 0 )); then \
 		echo; echo "==== make test: FAILED (exit $$status). Failures:"; \
@@ -94,7 +95,7 @@ bench: build ## go test -bench over every module (short -benchtime; set BENCHTIM
 
 chaos: deps build ## ChainFire's chaos suite: faults + checked histories (chainfire/chaos; needs root, ~7 min)
 	@mkdir -p $(TEST_LOG_DIR)
-	cd chainfire && $(TEST_ENV) $(GO) test -race -run Chaos -timeout $(CHAOS_TIMEOUT) $(TESTFLAGS) ./chaos/
+	cd chainfire && $(TEST_ENV) $(GO) test -race -count=1 -run Chaos -timeout $(CHAOS_TIMEOUT) $(TESTFLAGS) ./chaos/
 
 image: build ## docker image plasmacloud/chainfire:dev from bin/chainfire (FROM scratch)
 	@scripts/docker-image.sh
