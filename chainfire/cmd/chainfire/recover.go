@@ -2,12 +2,10 @@ package main
 
 import (
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/chainfire/internal/node"
-	plasmaserver "plasmacloud.dev/pkg/server"
 )
 
 // recoverCommand is `chainfire recover`: quorum-loss recovery on a stopped member's data dir.
@@ -29,17 +27,6 @@ again with their old data.`,
     --initial-advertise-peer-urls http://10.0.0.1:2380 --initial-cluster cf1=http://10.0.0.1:2380`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnv(cmd.Flags()); err != nil {
-				return err
-			}
-			log, err := plasmaserver.NewLogger(os.Stderr, "text", "info")
-			if err != nil {
-				return err
-			}
-			cfg.Logger = log
-			if !cmd.Flags().Changed("initial-cluster") {
-				cfg.InitialCluster = cfg.SelfCluster()
-			}
 			if err := node.Recover(cfg); err != nil {
 				return err
 			}
@@ -47,12 +34,6 @@ again with their old data.`,
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&cfg.Name, "name", cfg.Name, "this member's name")
-	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "the stopped member's data directory")
-	f.StringSliceVar(&cfg.InitialAdvertisePeerURLs, "initial-advertise-peer-urls", cfg.InitialAdvertisePeerURLs, "this member's peer URLs")
-	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "the members of the recovered cluster: name=peerURL,... (default: this member alone)")
-	f.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", cfg.InitialClusterToken, "the cluster's token (as the member was started with)")
-	f.StringVar(&cfg.LogStore, "log-store", cfg.LogStore, "raft log store the member uses: wal or boltdb")
+	offlineFlags(cmd, &cfg, "the stopped member's data directory", "the members of the recovered cluster")
 	return cmd
 }

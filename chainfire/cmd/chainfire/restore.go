@@ -7,7 +7,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/chainfire/internal/node"
-	plasmaserver "plasmacloud.dev/pkg/server"
 )
 
 // restoreCommand is `chainfire snapshot restore`: offline, creates a member's data dir for
@@ -27,14 +26,6 @@ exactly the data at the snapshot's revision. A corrupt or truncated file is refu
     --initial-cluster cf1=http://10.0.0.1:2380,cf2=http://10.0.0.2:2380,cf3=http://10.0.0.3:2380`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			log, err := plasmaserver.NewLogger(os.Stderr, "text", "info")
-			if err != nil {
-				return err
-			}
-			cfg.Logger = log
-			if !cmd.Flags().Changed("initial-cluster") {
-				cfg.InitialCluster = cfg.SelfCluster()
-			}
 			f, err := os.Open(args[0])
 			if err != nil {
 				return err
@@ -47,12 +38,6 @@ exactly the data at the snapshot's revision. A corrupt or truncated file is refu
 			return nil
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&cfg.Name, "name", cfg.Name, "the member's name")
-	f.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "data directory to create (must not exist or be empty)")
-	f.StringSliceVar(&cfg.InitialAdvertisePeerURLs, "initial-advertise-peer-urls", cfg.InitialAdvertisePeerURLs, "the member's peer URLs")
-	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "members of the new cluster: name=peerURL,... (default: this member alone)")
-	f.StringVar(&cfg.InitialClusterToken, "initial-cluster-token", cfg.InitialClusterToken, "the new cluster's token")
-	f.StringVar(&cfg.LogStore, "log-store", cfg.LogStore, "raft log store: wal or boltdb")
+	offlineFlags(cmd, &cfg, "data directory to create (must not exist or be empty)", "members of the new cluster")
 	return cmd
 }

@@ -199,24 +199,18 @@ func (n *Node) LeaseGrant(ctx context.Context, req *pb.LeaseGrantRequest) (*pb.L
 
 // LeaseRenew renews a lease for a keep-alive; on a follower it asks the leader.
 func (n *Node) LeaseRenew(ctx context.Context, id int64) (int64, error) {
-	for {
-		ttl, err := n.lessor.renew(id)
-		if err != ErrNotLeader {
-			return ttl, err
+	var ttl int64
+	err := n.onLeader(ctx, func() (err error) {
+		ttl, err = n.lessor.renew(id)
+		return err
+	}, func(c *peerConn) error {
+		resp, err := c.peer.LeaseRenew(ctx, forwardHeader(connect.NewRequest(&peerv1.LeaseRenewRequest{Id: id})))
+		if err == nil {
+			ttl = resp.Msg.Ttl
 		}
-		if url := n.leaderClientURL(); url != "" {
-			resp, err := n.peers.get(url).peer.LeaseRenew(ctx, forwardHeader(connect.NewRequest(&peerv1.LeaseRenewRequest{Id: id})))
-			if err == nil {
-				return resp.Msg.Ttl, nil
-			}
-			if !retryableForward(err) {
-				return 0, err
-			}
-		}
-		if err := n.pause(ctx); err != nil {
-			return 0, err
-		}
-	}
+		return err
+	})
+	return ttl, err
 }
 
 // LeaseRenewLocal renews on this member only (a forwarded keep-alive).
@@ -225,34 +219,30 @@ func (n *Node) LeaseRenewLocal(id int64) (int64, error) { return n.lessor.renew(
 // LeaseTimeToLive reports a lease's granted and remaining TTL (asking the leader) and,
 // when keys is set, its attached keys.
 func (n *Node) LeaseTimeToLive(ctx context.Context, req *pb.LeaseTimeToLiveRequest) (*pb.LeaseTimeToLiveResponse, error) {
-	for {
+	var out *pb.LeaseTimeToLiveResponse
+	err := n.onLeader(ctx, func() error {
 		granted, left, err := n.lessor.remaining(req.ID)
 		if err == mvcc.ErrLeaseNotFound {
 			// etcd answers TTL -1 for an unknown lease rather than an error.
-			return &pb.LeaseTimeToLiveResponse{ID: req.ID, TTL: -1}, nil
+			out = &pb.LeaseTimeToLiveResponse{ID: req.ID, TTL: -1}
+			return nil
 		}
+		if err != nil {
+			return err
+		}
+		out = &pb.LeaseTimeToLiveResponse{ID: req.ID, TTL: left, GrantedTTL: granted}
+		if req.Keys {
+			if out.Keys, err = n.store.LeaseKeys(req.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	}, func(c *peerConn) error {
+		resp, err := c.lease.LeaseTimeToLive(ctx, forwardHeader(connect.NewRequest(req)))
 		if err == nil {
-			resp := &pb.LeaseTimeToLiveResponse{ID: req.ID, TTL: left, GrantedTTL: granted}
-			if req.Keys {
-				keys, err := n.store.LeaseKeys(req.ID)
-				if err != nil {
-					return nil, err
-				}
-				resp.Keys = keys
-			}
-			return resp, nil
+			out = resp.Msg
 		}
-		if url := n.leaderClientURL(); url != "" {
-			resp, err := n.peers.get(url).lease.LeaseTimeToLive(ctx, forwardHeader(connect.NewRequest(req)))
-			if err == nil {
-				return resp.Msg, nil
-			}
-			if !retryableForward(err) {
-				return nil, err
-			}
-		}
-		if err := n.pause(ctx); err != nil {
-			return nil, err
-		}
-	}
+		return err
+	})
+	return out, err
 }

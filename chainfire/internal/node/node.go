@@ -16,12 +16,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"plasmacloud.dev/chainfire/internal/mvcc"
-	"plasmacloud.dev/chainfire/internal/raftlog"
 	peerv1 "plasmacloud.dev/proto/chainfire/peer/v1"
 )
 
@@ -115,22 +113,17 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 	n.fsm.onRestore = n.observeRestore
 	n.reads = &readBatcher{n: n}
 
-	logs, err := raftlog.Open(cfg.LogStore, filepath.Join(cfg.DataDir, "raft"))
+	rs, err := openRaftState(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("chainfire: %w", err)
+		return nil, err
 	}
-	stable := logs.StableStore
-	n.closers = append(n.closers, logs.Close)
-	cache, err := raft.NewLogCache(1024, logs.LogStore)
+	n.closers = append(n.closers, rs.logs.Close)
+	stable, snaps, hl := rs.logs.StableStore, rs.snaps, rs.logger
+	cache, err := raft.NewLogCache(1024, rs.logs.LogStore)
 	if err != nil {
 		return nil, err
 	}
 	n.logs = timedLogStore{LogStore: cache, h: n.metrics.logAppendDuration}
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, hl)
-	if err != nil {
-		return nil, fmt.Errorf("chainfire: snapshot store: %w", err)
-	}
 	bind, _ := hostPort(cfg.ListenPeerURLs[0])
 	adv, _ := hostPort(cfg.InitialAdvertisePeerURLs[0])
 	advAddr, err := net.ResolveTCPAddr("tcp", adv)
@@ -167,7 +160,6 @@ func New(cfg Config, reg prometheus.Registerer) (*Node, error) {
 		return nil, fmt.Errorf("chainfire: start raft: %w", err)
 	}
 	n.raft = r
-	n.closers = append(n.closers, func() error { return nil }) // raft shut down explicitly in Close
 	if !existing && cfg.InitialClusterState == "new" {
 		conf := raftConfiguration(members)
 		if err := r.BootstrapCluster(conf).Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {

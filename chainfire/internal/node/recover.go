@@ -6,11 +6,9 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"plasmacloud.dev/chainfire/internal/mvcc"
-	"plasmacloud.dev/chainfire/internal/raftlog"
 )
 
 // Recover rewrites the raft configuration of a stopped member's data directory after a loss
@@ -48,22 +46,17 @@ func Recover(cfg Config) error {
 		return fmt.Errorf("recover: open store: %w", err)
 	}
 	defer store.Close()
-	logs, err := raftlog.Open(cfg.LogStore, filepath.Join(cfg.DataDir, "raft"))
+	rs, err := openRaftState(cfg)
 	if err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
-	defer logs.Close()
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, hl)
-	if err != nil {
-		return fmt.Errorf("recover: snapshot store: %w", err)
-	}
+	defer rs.logs.Close()
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(serverID(MemberID(cfg.InitialAdvertisePeerURLs, cfg.InitialClusterToken)))
-	rc.Logger = hl
+	rc.Logger = rs.logger
 	_, trans := raft.NewInmemTransport("")
 	before := store.AppliedIndex()
-	if err := raft.RecoverCluster(rc, newFSM(store, nil), logs.LogStore, logs.StableStore, snaps, trans, conf); err != nil {
+	if err := raft.RecoverCluster(rc, newFSM(store, nil), rs.logs.LogStore, rs.logs.StableStore, rs.snaps, trans, conf); err != nil {
 		return fmt.Errorf("recover: %w", err)
 	}
 	cur, _ := store.Revision()

@@ -8,11 +8,9 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 
 	"plasmacloud.dev/chainfire/internal/mvcc"
-	"plasmacloud.dev/chainfire/internal/raftlog"
 )
 
 // keyCurrentTerm is where hashicorp/raft keeps its current term in the stable store.
@@ -64,21 +62,16 @@ func RestoreSnapshot(cfg Config, r io.Reader) (err error) {
 
 	members, _ := cfg.initialMembers()
 	conf := raftConfiguration(members)
-	logs, err := raftlog.Open(cfg.LogStore, filepath.Join(cfg.DataDir, "raft"))
+	rs, err := openRaftState(cfg)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
-	defer logs.Close()
-	if err := logs.SetUint64(keyCurrentTerm, term); err != nil {
-		return fmt.Errorf("restore: %w", err)
-	}
-	hl := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
-	snaps, err := raft.NewFileSnapshotStoreWithLogger(filepath.Join(cfg.DataDir, "raft"), 2, hl)
-	if err != nil {
+	defer rs.logs.Close()
+	if err := rs.logs.SetUint64(keyCurrentTerm, term); err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
 	_, trans := raft.NewInmemTransport("")
-	sink, err := snaps.Create(raft.SnapshotVersionMax, index, term, conf, 1, trans)
+	sink, err := rs.snaps.Create(raft.SnapshotVersionMax, index, term, conf, 1, trans)
 	if err != nil {
 		return fmt.Errorf("restore: %w", err)
 	}
