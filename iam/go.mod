@@ -2,9 +2,11 @@ module plasmacloud.dev/iam
 
 go 1.26.0
 
+require github.com/spf13/cobra v1.10.2
+
 require (
-	plasmacloud.dev/pkg v0.0.0
-	plasmacloud.dev/proto v0.0.0
+	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/spf13/pflag v1.0.9 // indirect
 )
 
 replace (
