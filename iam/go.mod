@@ -2,11 +2,29 @@ module plasmacloud.dev/iam
 
 go 1.26.0
 
-require github.com/spf13/cobra v1.10.2
+require (
+	github.com/lestrrat-go/jwx/v3 v3.4.0
+	github.com/spf13/cobra v1.10.2
+	golang.org/x/crypto v0.59.0
+	google.golang.org/protobuf v1.36.12
+	plasmacloud.dev/pkg v0.0.0-00010101000000-000000000000
+	plasmacloud.dev/proto v0.0.0
+)
 
 require (
+	connectrpc.com/connect v1.21.1 // indirect
+	github.com/cenkalti/backoff/v5 v5.0.3 // indirect
+	github.com/decred/dcrd/dcrec/secp256k1/v4 v4.4.1 // indirect
+	github.com/goccy/go-json v0.11.2 // indirect
 	github.com/inconshreveable/mousetrap v1.1.0 // indirect
+	github.com/lestrrat-go/blackmagic v1.0.4 // indirect
+	github.com/lestrrat-go/httpcc v1.0.1 // indirect
+	github.com/lestrrat-go/httprc/v3 v3.0.6 // indirect
+	github.com/lestrrat-go/option/v2 v2.0.0 // indirect
+	github.com/segmentio/asm v1.2.1 // indirect
 	github.com/spf13/pflag v1.0.9 // indirect
+	github.com/valyala/fastjson v1.6.10 // indirect
+	golang.org/x/sys v0.50.0 // indirect
 )
 
 replace (
