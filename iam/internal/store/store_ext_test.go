@@ -418,7 +418,9 @@ func TestStore(t *testing.T) {
 			p := fmt.Sprintf("rp%d", i)
 			noErr(t, second(s.CreateProject(ctx, &iamv1.Project{Name: p})))
 			var wg sync.WaitGroup
-			wg.Go(func() { _, _ = s.CreateBinding(ctx, &iamv1.Binding{Principal: "user:racer", Role: "reader", Project: p}) })
+			wg.Go(func() {
+				_, _ = s.CreateBinding(ctx, &iamv1.Binding{Principal: "user:racer", Role: "reader", Project: p})
+			})
 			wg.Go(func() { _ = s.DeleteProject(ctx, p) })
 			wg.Wait()
 			bs, err := s.ListBindings(ctx, "", p)
