@@ -3,6 +3,7 @@ package auth_test
 import (
 	"context"
 	"crypto/ed25519"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -66,7 +67,7 @@ type env struct {
 	ed, es *signer
 }
 
-func newEnv(t testing.TB) *env {
+func newEnv(t testing.TB, cacheSize int) *env {
 	t.Helper()
 	e := &env{clock: newClock(t0)}
 	e.ed = newSigner(t, auth.AlgEdDSA, "ed-1")
@@ -82,7 +83,7 @@ func newEnv(t testing.TB) *env {
 	}
 	e.policy = auth.NewPolicy(auth.PolicyConfig{Now: e.clock.Now})
 	mustApply(t, e.policy, builtinSnapshot(10))
-	e.ver, err = auth.NewVerifier(auth.VerifierConfig{Keys: e.keys, Policy: e.policy, Now: e.clock.Now})
+	e.ver, err = auth.NewVerifier(auth.VerifierConfig{Keys: e.keys, Policy: e.policy, Now: e.clock.Now, CacheSize: cacheSize})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -127,9 +128,20 @@ func (e *env) call(t testing.TB, tok string) (connect.Code, error) {
 	return 0, nil
 }
 
+// TestSecurityTable runs the acceptance security table through the real
+// interceptor, with and without the verified-token cache.
 func TestSecurityTable(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	for _, cache := range []int{0, -1} {
+		t.Run(fmt.Sprintf("cache=%d", cache), func(t *testing.T) {
+			t.Parallel()
+			testSecurityTable(t, cache)
+		})
+	}
+}
+
+func testSecurityTable(t *testing.T, cacheSize int) {
+	e := newEnv(t, cacheSize)
 	skew := auth.DefaultClockSkew
 	now := t0
 	other := newSigner(t, auth.AlgEdDSA, "ed-other") // never published
@@ -315,7 +327,7 @@ func TestSecurityTable(t *testing.T) {
 
 func TestInterceptorAuthorization(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t)
+	e := newEnv(t, 0)
 	alice := e.ed.token(t, t0, nil)
 	bob := e.ed.token(t, t0, func(_, c map[string]any) { c["sub"] = "user:bob"; delete(c, "project") })
 
