@@ -119,6 +119,11 @@ func logoutCommand() *cobra.Command {
 				return err
 			}
 			defer c.Close()
+			if t.AccessToken != "" {
+				// Sent along in case the replica authenticates Revoke (revoking one's own
+				// refresh token needs no permission, but may need a caller).
+				c = c.WithToken(iamclient.StaticToken(t.AccessToken))
+			}
 			if err := revokeOwnRefresh(ctx, c, t.RefreshToken); err != nil {
 				return apiError(err)
 			}

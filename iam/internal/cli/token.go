@@ -300,7 +300,7 @@ func fetchJWKS(ctx context.Context, c *iamclient.Client) (jwk.Set, error) {
 func tokenRevokeCommand(g *globals) *cobra.Command {
 	var (
 		refresh, jti, access, principal, project, before string
-		all                                                bool
+		all                                              bool
 	)
 	cmd := &cobra.Command{
 		Use:   "revoke (--refresh-token T | --jti J | --access-token T | --principal P | --project P | --all) [--before TIME]",

@@ -107,13 +107,14 @@ func savedFrom(resp *iamv1.TokenResponse, now time.Time) *savedToken {
 
 // accessToken returns the token to send: PLASMA_TOKEN (unless --token-file was given), or
 // the token file's access token, refreshed first with its refresh token (and the file
-// rewritten) when it has expired or is about to. "" means no token: no file, no variable.
+// rewritten) when it has expired or is about to. "" means no token (no variable, no
+// file): the call goes out without one and IAM's refusal is what the operator sees.
 func (g *globals) accessToken(ctx context.Context, c *iamclient.Client) (string, error) {
 	if env := strings.TrimSpace(os.Getenv(EnvToken)); env != "" && !g.tokenFileSet() {
 		return env, nil
 	}
 	t, err := readTokenFile(g.tokenFile)
-	if errors.Is(err, fs.ErrNotExist) && !g.tokenFileSet() {
+	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil // not logged in: calls go out without a token and IAM says so
 	}
 	if err != nil {
