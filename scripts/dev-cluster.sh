@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# dev-cluster.sh — run a 3-node ChainFire cluster on 127.0.0.1 for local development.
+# dev-cluster.sh — run a 3-node ChainFire cluster and one IAM replica on 127.0.0.1 for
+# local development.
 #
 #   scripts/dev-cluster.sh [--fresh]
 #
 # Starts bin/chainfire three times (cf1, cf2, cf3; client ports 2379/22379/32379, peer
 # ports 2380/22380/32380), keeping data and logs in .dev/, waits until every node's
-# /readyz answers, prints the endpoints and an etcdctl example, and then stays in the
-# foreground. Ctrl-C (or SIGTERM) shuts the nodes down gracefully and waits for them.
-# Data survives a restart of the script; --fresh deletes it first.
+# /readyz answers, then starts bin/iam (iam1 on 127.0.0.1:7001, over the three members)
+# with a development master key and bootstrap admin password generated once into
+# .dev/iam/, waits for its /readyz, prints the endpoints, an etcdctl example and how to
+# log in, and then stays in the foreground. Ctrl-C (or SIGTERM) shuts everything down
+# gracefully and waits for it. Data survives a restart of the script; --fresh deletes it
+# first (the IAM secrets with it).
 #
 # Environment:
 #   CHAINFIRE_BIN    binary to run (default bin/chainfire; `make build` makes it)
 #   CHAINFIRE_FLAGS  extra flags for every node, e.g. "--log-format json"
+#   IAM_BIN          IAM binary (default bin/iam); IAM_BIN=none runs ChainFire alone
+#   IAM_FLAGS        extra flags for the IAM replica
 #   DEV_DIR          data and log directory (default .dev)
 #   READY_PATH       readiness path (default /readyz)
 #   READY_TIMEOUT    seconds to wait for readiness (default 60)
@@ -25,6 +31,9 @@ ready_path=${READY_PATH:-/readyz}
 ready_timeout=${READY_TIMEOUT:-60}
 stop_timeout=${STOP_TIMEOUT:-30}
 read -r -a extra_flags <<<"${CHAINFIRE_FLAGS:-}"
+iam_bin=${IAM_BIN:-$root/bin/iam}
+read -r -a iam_flags <<<"${IAM_FLAGS:-}"
+iam_port=7001
 
 names=(cf1 cf2 cf3)
 client_ports=(2379 22379 32379)
@@ -50,9 +59,19 @@ done
 
 [[ -x $bin ]] || die "$bin not found; run \`make build\` first"
 command -v curl >/dev/null || die "curl not found; run scripts/deps.sh"
+with_iam=1
+if [[ $iam_bin == none ]]; then
+	with_iam=0
+elif [[ ! -x $iam_bin ]]; then
+	die "$iam_bin not found; run \`make build\` first (or IAM_BIN=none for ChainFire alone)"
+fi
+ports=("${client_ports[@]}" "${peer_ports[@]}")
+if ((with_iam)); then
+	ports+=("$iam_port")
+fi
 
 # Refuse to start on ports somebody else holds (a system etcd listens on 2379).
-for p in "${client_ports[@]}" "${peer_ports[@]}"; do
+for p in "${ports[@]}"; do
 	if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
 		die "127.0.0.1:$p is already in use (another dev cluster, or a system etcd?): $(ss -Hltnp "sport = :$p" 2>/dev/null | awk '{print $NF}')"
 	fi
@@ -158,6 +177,48 @@ for i in "${!names[@]}"; do
 	done
 done
 
+# IAM: one replica over the three members. Its master key and the bootstrap password of
+# user admin are development values generated once into $dev/iam (mode 0600).
+if ((with_iam)); then
+	iam_dir=$dev/iam
+	mkdir -p "$iam_dir"
+	chmod 0700 "$iam_dir"
+	(
+		umask 077
+		if [[ ! -s $iam_dir/master-key ]]; then
+			head -c 32 /dev/urandom | base64 >"$iam_dir/master-key"
+		fi
+		if [[ ! -s $iam_dir/admin-password ]]; then
+			head -c 18 /dev/urandom | base64 | tr '+/' '-_' >"$iam_dir/admin-password"
+		fi
+	)
+	echo "=== dev-cluster: starting iam1 at $(date -Is)" >>"$dev/iam1.log"
+	"$iam_bin" server \
+		--listen "127.0.0.1:$iam_port" \
+		--chainfire-endpoints "$endpoints" \
+		--master-key-file "$iam_dir/master-key" \
+		--bootstrap-admin-password-file "$iam_dir/admin-password" \
+		--audit-log "$iam_dir/audit.log" \
+		"${iam_flags[@]}" \
+		>>"$dev/iam1.log" 2>&1 &
+	pids+=("$!")
+	names+=(iam1)
+	log "started iam1 (pid $!), log $dev/iam1.log"
+	url="http://127.0.0.1:$iam_port$ready_path"
+	until curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; do
+		if dead=$(dead_node); then
+			fail_with_log "$dead"
+		fi
+		if ((SECONDS >= deadline)); then
+			log "$url not ready after ${ready_timeout}s; last lines of $dev/iam1.log:"
+			tail -n 40 "$dev/iam1.log" >&2 || true
+			stop
+			exit 1
+		fi
+		sleep 0.3
+	done
+fi
+
 cat <<EOF
 
 ChainFire dev cluster is up (data and logs in ${dev#"$root"/}/):
@@ -170,8 +231,17 @@ Try it with etcd's own client:
   ETCDCTL_API=3 etcdctl --endpoints=$endpoints get foo
   ETCDCTL_API=3 etcdctl --endpoints=$endpoints endpoint status -w table
 
-Ctrl-C stops the cluster (data is kept; --fresh starts over).
 EOF
+if ((with_iam)); then
+	cat <<EOF
+IAM is up: iam1  http://127.0.0.1:$iam_port  pid ${pids[3]}  (audit log ${dev#"$root"/}/iam/audit.log)
+Log in as admin (development password in ${dev#"$root"/}/iam/admin-password):
+  bin/iam login --username admin --password-file ${dev#"$root"/}/iam/admin-password
+  bin/iam user list
+
+EOF
+fi
+echo "Ctrl-C stops everything (data is kept; --fresh starts over)."
 
 # Stay in the foreground; report nodes that exit on their own. The traps end the script.
 while ((${#pids[@]} > 0)); do

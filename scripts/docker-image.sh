@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# docker-image.sh — build the FROM-scratch ChainFire image from bin/chainfire.
+# docker-image.sh — build the FROM-scratch ChainFire and IAM images from bin/.
 #
 #   scripts/docker-image.sh [IMAGE]
 #
-# IMAGE defaults to $CHAINFIRE_IMAGE or plasmacloud/chainfire:dev. The binary is
-# $CHAINFIRE_BIN or bin/chainfire (`make build`); it must be static, since the image has
-# no dynamic loader. Nothing is pulled: the image starts from scratch.
+# IMAGE (the ChainFire image) defaults to $CHAINFIRE_IMAGE or plasmacloud/chainfire:dev.
+# The binary is $CHAINFIRE_BIN or bin/chainfire (`make build`); it must be static, since
+# the image has no dynamic loader. Nothing is pulled: the images start from scratch.
+#
+# The IAM image ($IAM_IMAGE or plasmacloud/iam:dev, from $IAM_BIN or bin/iam) is built
+# after it when that binary exists; IAM_IMAGE=none skips it.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -19,13 +22,21 @@ die() {
 
 [[ -x $bin ]] || die "$bin not found; run \`make build\` first"
 command -v docker >/dev/null || die "docker not found; install Docker Engine"
-# An ELF with a program interpreter is dynamically linked and cannot run in scratch.
-if command -v readelf >/dev/null && readelf -l "$bin" 2>/dev/null | grep -q 'program interpreter'; then
-	die "$bin is dynamically linked; build it with CGO_ENABLED=0 (make build does)"
-fi
+
+iam_bin=${IAM_BIN:-$root/bin/iam}
+iam_image=${IAM_IMAGE:-plasmacloud/iam:dev}
+
+# static_or_die refuses a dynamically linked binary: it cannot run in scratch.
+static_or_die() {
+	# An ELF with a program interpreter is dynamically linked and cannot run in scratch.
+	if command -v readelf >/dev/null && readelf -l "$1" 2>/dev/null | grep -q 'program interpreter'; then
+		die "$1 is dynamically linked; build it with CGO_ENABLED=0 (make build does)"
+	fi
+}
 
 ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
+static_or_die "$bin"
 cp "$bin" "$ctx/chainfire"
 mkdir "$ctx/data"
 
@@ -33,9 +44,24 @@ mkdir "$ctx/data"
 if ! docker buildx version >/dev/null 2>&1; then
 	export DOCKER_BUILDKIT=0
 fi
-# Quiet on success (the classic builder warns that it is deprecated); all output on failure.
-if ! out=$(docker build -f "$root/deploy/docker/Dockerfile.chainfire" -t "$image" "$ctx" 2>&1); then
-	echo "$out" >&2
-	die "docker build failed"
+# build DOCKERFILE IMAGE CONTEXT: quiet on success (the classic builder warns that it is
+# deprecated); all output on failure.
+build() {
+	local out
+	if ! out=$(docker build -f "$1" -t "$2" "$3" 2>&1); then
+		echo "$out" >&2
+		die "docker build of $2 failed"
+	fi
+	echo "docker-image: built $2" >&2
+}
+build "$root/deploy/docker/Dockerfile.chainfire" "$image" "$ctx"
+
+if [[ $iam_image != none && -x $iam_bin ]]; then
+	static_or_die "$iam_bin"
+	iam_ctx="$ctx/iam-context"
+	mkdir "$iam_ctx"
+	cp "$iam_bin" "$iam_ctx/iam"
+	build "$root/deploy/docker/Dockerfile.iam" "$iam_image" "$iam_ctx"
+elif [[ $iam_image != none ]]; then
+	echo "docker-image: $iam_bin not found; IAM image skipped (make build makes it)" >&2
 fi
-echo "docker-image: built $image" >&2
