@@ -196,11 +196,23 @@ func testSecurityTable(t *testing.T, cacheSize int) {
 		{name: "missing kid", want: connect.CodeUnauthenticated, tok: edMod(func(h, _ map[string]any) { delete(h, "kid") })},
 		{name: "unknown kid", want: connect.CodeUnauthenticated, tok: func(t *testing.T) string { return other.token(t, now, nil) }},
 		{name: "exp one second before now-skew", want: connect.CodeUnauthenticated,
-			tok: edMod(func(_, c map[string]any) { c["exp"] = now.Add(-skew - time.Second).Unix(); c["iat"] = now.Add(-time.Hour).Unix(); c["nbf"] = c["iat"] })},
+			tok: edMod(func(_, c map[string]any) {
+				c["exp"] = now.Add(-skew - time.Second).Unix()
+				c["iat"] = now.Add(-time.Hour).Unix()
+				c["nbf"] = c["iat"]
+			})},
 		{name: "exp exactly now-skew", want: connect.CodeUnauthenticated,
-			tok: edMod(func(_, c map[string]any) { c["exp"] = now.Add(-skew).Unix(); c["iat"] = now.Add(-time.Hour).Unix(); c["nbf"] = c["iat"] })},
+			tok: edMod(func(_, c map[string]any) {
+				c["exp"] = now.Add(-skew).Unix()
+				c["iat"] = now.Add(-time.Hour).Unix()
+				c["nbf"] = c["iat"]
+			})},
 		{name: "exp one second after now-skew",
-			tok: edMod(func(_, c map[string]any) { c["exp"] = now.Add(-skew + time.Second).Unix(); c["iat"] = now.Add(-time.Hour).Unix(); c["nbf"] = c["iat"] })},
+			tok: edMod(func(_, c map[string]any) {
+				c["exp"] = now.Add(-skew + time.Second).Unix()
+				c["iat"] = now.Add(-time.Hour).Unix()
+				c["nbf"] = c["iat"]
+			})},
 		{name: "nbf one second after now+skew", want: connect.CodeUnauthenticated,
 			tok: edMod(func(_, c map[string]any) { c["nbf"] = now.Add(skew + time.Second).Unix() })},
 		{name: "nbf exactly now+skew", tok: edMod(func(_, c map[string]any) { c["nbf"] = now.Add(skew).Unix() })},

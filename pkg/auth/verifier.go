@@ -3,6 +3,7 @@ package auth
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -190,8 +191,8 @@ func (v *Verifier) checkRevoked(id Identity) error {
 }
 
 // samePublicKey compares two public keys by value.
-func samePublicKey(a, b any) bool {
-	ea, ok := a.(interface{ Equal(x any) bool })
+func samePublicKey(a, b crypto.PublicKey) bool {
+	ea, ok := a.(interface{ Equal(x crypto.PublicKey) bool })
 	if !ok {
 		return false
 	}
