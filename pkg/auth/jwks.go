@@ -133,14 +133,19 @@ func NewJWKS(cfg JWKSConfig) (*JWKS, error) {
 
 // Key implements [KeySource]. A known kid is answered from the cache. For an
 // unknown kid, Key refreshes the set (unless a fetch started less than
-// MinRefreshInterval ago; a fetch already running is joined) and looks
-// again. It returns [ErrUnknownKey] if the kid is still unknown, or
+// MinRefreshInterval ago; a fetch already running is joined), waiting for
+// it at most FetchTimeout, and looks again. It returns [ErrUnknownKey] if the kid is still unknown, or
 // [ErrKeysUnavailable] if no set was ever loaded.
 func (j *JWKS) Key(ctx context.Context, kid string) (PublicKey, error) {
 	if k, ok := j.lookup(kid); ok {
 		return k, nil
 	}
-	if err := j.refreshLimited(ctx); err != nil && ctx.Err() != nil {
+	// A request waits for the refresh at most FetchTimeout; the fetch itself
+	// goes on for the callers after it.
+	wctx, cancel := context.WithTimeout(ctx, j.cfg.FetchTimeout)
+	err := j.refreshLimited(wctx)
+	cancel()
+	if err != nil && ctx.Err() != nil {
 		return PublicKey{}, fmt.Errorf("%w: kid %q: %w", ErrUnknownKey, kid, ctx.Err())
 	}
 	if k, ok := j.lookup(kid); ok {

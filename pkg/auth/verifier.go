@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -152,7 +153,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (Identity, error) {
 	now := v.cfg.Now()
 	if v.cache != nil {
 		if ct, ok := v.cache.get(raw); ok {
-			return v.recheck(ctx, ct, now)
+			id, err := v.recheck(ctx, ct, now)
+			id.Audience = slices.Clone(id.Audience) // the cached slice stays private
+			return id, err
 		}
 	}
 	ct, err := v.verifySignedToken(ctx, raw, now)
