@@ -222,6 +222,7 @@ type protected struct {
 type protectedConfig struct {
 	Staleness           time.Duration
 	JWKSRefreshInterval time.Duration
+	ClockSkew           time.Duration
 }
 
 // startProtected starts the protected service and waits (up to 30 s) until its
@@ -233,6 +234,7 @@ func startProtected(t *testing.T, endpoints []string, creds *iamclient.CachingTo
 		Credentials:            creds.Token,
 		Staleness:              pc.Staleness,
 		JWKSRefreshInterval:    pc.JWKSRefreshInterval,
+		ClockSkew:              pc.ClockSkew,
 		JWKSMinRefreshInterval: 200 * time.Millisecond,
 		Permissions:            demoPermissions,
 	})
