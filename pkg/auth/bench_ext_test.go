@@ -2,9 +2,18 @@ package auth_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
 	"fmt"
+	"math/big"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwt"
 
 	"plasmacloud.dev/pkg/auth"
 	iamv1 "plasmacloud.dev/proto/iam/v1"
@@ -88,6 +97,53 @@ func BenchmarkAuthorize(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {
 				_ = p.Authorize(c.id, c.perm)
+			}
+		})
+	}
+}
+
+// BenchmarkPeer measures, in the same run as BenchmarkVerifyCold, what verification
+// costs without pkg/auth: "signature" is the bare signature check of the token's
+// signing input (crypto/ed25519, crypto/ecdsa) — the floor; "jwx" is
+// lestrrat-go/jwx's own jwt.Parse with the key given and claims validated, what a
+// service would do with the library alone (no kid lookup, revocation or policy).
+func BenchmarkPeer(b *testing.B) {
+	for _, alg := range []string{auth.AlgEdDSA, auth.AlgES256} {
+		s := newSigner(b, alg, "k1")
+		tok := s.token(b, time.Now(), nil)
+		dot := strings.LastIndexByte(tok, '.')
+		input := []byte(tok[:dot])
+		sig, err := base64.RawURLEncoding.DecodeString(tok[dot+1:])
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run("signature/"+alg, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				var ok bool
+				switch pub := s.pub.(type) {
+				case ed25519.PublicKey:
+					ok = ed25519.Verify(pub, input, sig)
+				case *ecdsa.PublicKey:
+					h := sha256.Sum256(input)
+					r, sv := new(big.Int).SetBytes(sig[:32]), new(big.Int).SetBytes(sig[32:])
+					ok = ecdsa.Verify(pub, h[:], r, sv)
+				}
+				if !ok {
+					b.Fatal("signature does not verify")
+				}
+			}
+		})
+		jalg := jwa.EdDSA()
+		if alg == auth.AlgES256 {
+			jalg = jwa.ES256()
+		}
+		b.Run("jwx/"+alg, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := jwt.ParseString(tok, jwt.WithKey(jalg, s.pub), jwt.WithValidate(true)); err != nil {
+					b.Fatal(err)
+				}
 			}
 		})
 	}
