@@ -66,8 +66,41 @@ var (
 	}}
 )
 
-// networkNemeses are the nemeses that cut the network.
-func networkNemeses() []nemesis { return []nemesis{leaderIsolate, oneWayCut} }
+// More network nemeses: a follower cut off (the majority must not notice beyond one
+// slow member), and a degraded network (every member's link delayed and lossy at once:
+// heartbeats late, retransmissions, leader changes at random).
+var (
+	followerIsolate = nemesis{name: "follower isolated", network: true, cycle: func(ctx context.Context, e *env) {
+		l := e.leaderOr()
+		fs := e.except(l)
+		f := fs[e.intn(len(fs))]
+		e.logf("isolate follower %s", e.c.Members[f].Name)
+		e.c.Isolate(f)
+		// The isolated follower times out and campaigns, raising its term; pre-vote
+		// keeps it from deposing the healthy leader when it comes back.
+		sleep(ctx, 2*electionTimeout()+e.jitter(2*time.Second))
+		e.healNetwork()
+		e.ready(f)
+	}}
+	degradedNetwork = nemesis{name: "delay + loss on every link", network: true, cycle: func(ctx context.Context, e *env) {
+		// Per member: 20-120 ms each way (a round trip up to a quarter second, half the
+		// election timeout) and 0-10% loss.
+		for _, m := range e.members() {
+			delay := time.Duration(20+e.intn(101)) * time.Millisecond
+			loss := float64(e.intn(11)) / 100
+			e.logf("netem %s: delay %v loss %.0f%%", e.c.Members[m].Name, delay, 100*loss)
+			e.c.Netem(m, delay, loss)
+		}
+		sleep(ctx, 3*electionTimeout()+e.jitter(2*time.Second))
+		e.healNetwork()
+		e.ready(e.members()...)
+	}}
+)
+
+// networkNemeses are the nemeses that cut or degrade the network.
+func networkNemeses() []nemesis {
+	return []nemesis{leaderIsolate, oneWayCut, followerIsolate, degradedNetwork}
+}
 
 func TestChaosLeaderIsolate(t *testing.T) {
 	runChaos(t, run{nemeses: []nemesis{leaderIsolate}, duration: workloadDuration()})
@@ -75,6 +108,14 @@ func TestChaosLeaderIsolate(t *testing.T) {
 
 func TestChaosOneWayCut(t *testing.T) {
 	runChaos(t, run{nemeses: []nemesis{oneWayCut}, duration: workloadDuration()})
+}
+
+func TestChaosFollowerIsolate(t *testing.T) {
+	runChaos(t, run{nemeses: []nemesis{followerIsolate}, duration: workloadDuration()})
+}
+
+func TestChaosDegradedNetwork(t *testing.T) {
+	runChaos(t, run{nemeses: []nemesis{degradedNetwork}, duration: workloadDuration()})
 }
 
 // TestChaosDeposedLeaderRestart: a leader cut off from its peers still appends the

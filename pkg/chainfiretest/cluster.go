@@ -396,6 +396,15 @@ func (c *Cluster) Cut(from, to int) {
 	}
 }
 
+// Netem delays member i's packets, both ways, by delay and loses a fraction loss of them
+// (harness.Network.Netem); Heal or a later Netem call removes it.
+func (c *Cluster) Netem(i int, delay time.Duration, loss float64) {
+	c.t.Helper()
+	if err := c.network().Netem(c.Members[i].host, delay, loss); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // Heal removes every network fault (harness.Network.Heal).
 func (c *Cluster) Heal() {
 	c.t.Helper()
