@@ -3,10 +3,12 @@
 #
 #   scripts/compose-smoke.sh
 #
-# Builds the ChainFire image from bin/chainfire (scripts/docker-image.sh), brings the
-# 3-node compose cluster up under a private project name, waits for every node's
-# readiness endpoint on its published port, writes a key through cf1 with etcdctl and
-# reads it back through every node, then tears everything down including the volumes.
+# Builds the ChainFire and IAM images from bin/ (scripts/docker-image.sh), brings the
+# compose stack (3 ChainFire members, 2 IAM replicas) up under a private project name,
+# waits for every readiness endpoint on its published port, writes a key through cf1
+# with etcdctl and reads it back through every node, logs in as the bootstrap admin at
+# iam1's /oauth2/token and lists users with that token through iam2, then tears
+# everything down including the volumes.
 # On failure it prints the containers' logs. Exits non-zero on any failure.
 #
 # Needs a running Docker engine; installs docker-compose and etcdctl (Debian packages)
@@ -14,6 +16,7 @@
 #
 # Environment:
 #   CHAINFIRE_IMAGE  image tag to build and run (default plasmacloud/chainfire:smoke)
+#   IAM_IMAGE        likewise for IAM (default plasmacloud/iam:smoke)
 #   READY_PATH       readiness path (default /readyz)
 #   READY_TIMEOUT    seconds to wait for readiness (default 120)
 set -euo pipefail
@@ -21,10 +24,12 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 export CHAINFIRE_IMAGE=${CHAINFIRE_IMAGE:-plasmacloud/chainfire:smoke}
+export IAM_IMAGE=${IAM_IMAGE:-plasmacloud/iam:smoke}
 ready_path=${READY_PATH:-/readyz}
 ready_timeout=${READY_TIMEOUT:-120}
 project=plasmacloud-smoke-$$
 ports=(23791 23792 23793)
+iam_ports=(7001 7011)
 
 log() { echo "compose-smoke: $*" >&2; }
 die() {
@@ -37,6 +42,7 @@ command -v docker >/dev/null || die "docker not found; install Docker Engine"
 docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd running? are you in the docker group?)"
 export ETCDCTL_API=3
 
+[[ -x ${IAM_BIN:-bin/iam} ]] || die "${IAM_BIN:-bin/iam} not found; run \`make build\` first"
 scripts/docker-image.sh "$CHAINFIRE_IMAGE"
 
 compose=(docker-compose --project-name "$project" --file deploy/docker-compose.yml)
@@ -54,7 +60,7 @@ log "starting the cluster (project $project, image $CHAINFIRE_IMAGE)"
 "${compose[@]}" up -d --quiet-pull 2>&1 | sed 's/^/    /' >&2
 
 deadline=$((SECONDS + ready_timeout))
-for p in "${ports[@]}"; do
+for p in "${ports[@]}" "${iam_ports[@]}"; do
 	url="http://127.0.0.1:$p$ready_path"
 	until curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; do
 		((SECONDS < deadline)) || die "$url not ready after ${ready_timeout}s"
@@ -73,6 +79,19 @@ for p in "${ports[@]}"; do
 	[[ $got == "$value" ]] || die "get through 127.0.0.1:$p returned \"$got\", want \"$value\""
 done
 log "put through cf1, read back through cf1, cf2, cf3"
+
+# IAM: the bootstrap admin logs in through iam1; the token works on iam2 (stateless
+# replicas over the same ChainFire, verifying each other's tokens).
+tok=$(curl -fsS -m 10 -X POST "http://127.0.0.1:${iam_ports[0]}/oauth2/token" \
+	--data-urlencode grant_type=password --data-urlencode username=admin \
+	--data-urlencode "password=$(<deploy/dev-secrets/iam-admin-password)" | jq -r .access_token) ||
+	die "password login at iam1's /oauth2/token failed"
+[[ -n $tok && $tok != null ]] || die "iam1's /oauth2/token answered without an access_token"
+users=$(curl -fsS -m 10 -X POST "http://127.0.0.1:${iam_ports[1]}/iam.v1.UserService/ListUsers" \
+	-H "Authorization: Bearer $tok" -H 'Content-Type: application/json' -d '{}' | jq -r '.users[].name') ||
+	die "ListUsers through iam2 with iam1's token failed"
+grep -qx admin <<<"$users" || die "ListUsers through iam2 does not list admin: $users"
+log "admin logged in through iam1, listed users through iam2"
 
 ok=1
 log "PASS"

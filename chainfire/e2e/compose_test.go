@@ -11,9 +11,11 @@ import (
 	"plasmacloud.dev/pkg/harness"
 )
 
-// TestDockerCompose builds the FROM-scratch image, brings deploy/docker-compose.yml's 3-node
-// cluster up with docker-compose, writes through one member and reads through every member
-// (etcdctl), and tears it down (scripts/compose-smoke.sh does the steps).
+// TestDockerCompose builds the FROM-scratch images, brings deploy/docker-compose.yml's stack
+// (3 ChainFire members, 2 IAM replicas) up with docker-compose, writes through one member
+// and reads through every member (etcdctl), logs in at one IAM replica and calls the other
+// with the token, and tears it down (scripts/compose-smoke.sh does the steps; it needs
+// bin/iam, which make test builds).
 func TestDockerCompose(t *testing.T) {
 	harness.RequireCommand(t, "docker")
 	bin := harness.Binary(t, chainfiretest.Package)
