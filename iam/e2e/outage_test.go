@@ -2,12 +2,19 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"connectrpc.com/connect"
 
+	"plasmacloud.dev/pkg/auth"
+	"plasmacloud.dev/pkg/resilience"
 	iamv1 "plasmacloud.dev/proto/iam/v1"
+	"plasmacloud.dev/proto/iam/v1/iamv1connect"
 )
 
 // TestIAMDownServesFromCache stops every IAM replica: a pkg/auth service keeps
@@ -95,4 +102,116 @@ func TestIAMDownServesFromCache(t *testing.T) {
 	if _, err := admin.ListUsers(rctx, &iamv1.ListUsersRequest{}); err != nil {
 		t.Fatalf("admin call after the restart: %v", err)
 	}
+}
+
+// TestChainFireDown freezes ChainFire (SIGSTOP: sockets open, nothing answers) under a
+// running replica: logins and admin calls fail Unavailable within a bound instead of
+// hanging, /readyz reports it, JWKS keeps being served, a pkg/auth service keeps
+// verifying; once ChainFire resumes, logins work again.
+func TestChainFireDown(t *testing.T) {
+	e := startEnv(t, 1)
+	admin := e.admin(t)
+	base := e.client(t, nil)
+	ctx := bg(t)
+	if _, err := admin.CreateUser(ctx, &iamv1.CreateUserRequest{User: &iamv1.User{Name: "alice"}, Password: "alice-pass-1234"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateBinding(ctx, &iamv1.CreateBindingRequest{Binding: &iamv1.Binding{
+		Principal: "user:alice", Role: "reader", Effect: iamv1.Effect_EFFECT_ALLOW}}); err != nil {
+		t.Fatal(err)
+	}
+	prot := startProtected(t, e.endpoints(), e.watcher(t, admin, "verifier"), protectedConfig{})
+	valid := login(t, base, "alice", "alice-pass-1234", "").AccessToken
+	adminTok := login(t, base, "admin", adminPassword, "").AccessToken
+	if err := prot.get(valid); err != nil {
+		t.Fatal(err)
+	}
+
+	cf := e.cf.Members[0]
+	if err := cf.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			_ = cf.Cont()
+		}
+	}()
+	url := e.replicas[0].URL
+	hc := resilience.NewHTTPClient(resilience.TransportOptions{})
+
+	// No retries here (the raw generated clients): one attempt each, bounded by 30 s.
+	tokens := iamv1connect.NewTokenServiceClient(hc, url)
+	users := iamv1connect.NewUserServiceClient(hc, url, connect.WithInterceptors(auth.BearerInterceptor(
+		func(context.Context) (string, error) { return adminTok, nil })))
+	for _, tc := range []struct {
+		name string
+		call func(ctx context.Context) error
+	}{
+		{"password login", func(ctx context.Context) error {
+			_, err := tokens.Token(ctx, connect.NewRequest(&iamv1.TokenRequest{GrantType: "password", Username: "alice", Password: "alice-pass-1234"}))
+			return err
+		}},
+		{"admin read", func(ctx context.Context) error {
+			_, err := users.ListUsers(ctx, connect.NewRequest(&iamv1.ListUsersRequest{}))
+			return err
+		}},
+		{"admin write", func(ctx context.Context) error {
+			_, err := users.CreateUser(ctx, connect.NewRequest(&iamv1.CreateUserRequest{User: &iamv1.User{Name: "bob"}, Password: "bob-pass-12345"}))
+			return err
+		}},
+	} {
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		start := time.Now()
+		err := tc.call(cctx)
+		cancel()
+		d := time.Since(start)
+		t.Logf("%s with ChainFire frozen: %v after %v", tc.name, err, d.Round(time.Millisecond))
+		if connect.CodeOf(err) != connect.CodeUnavailable {
+			t.Errorf("%s with ChainFire frozen: %v after %v, want Unavailable", tc.name, err, d)
+		}
+		if d > 15*time.Second {
+			t.Errorf("%s took %v with ChainFire frozen, want a bounded failure", tc.name, d)
+		}
+	}
+
+	d := waitFor(t, 30*time.Second, "/readyz reports ChainFire", func() error {
+		resp, err := hc.Get(url + "/readyz")
+		if err != nil {
+			return err
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			return fmt.Errorf("still ready: %s", body)
+		}
+		t.Logf("/readyz: %d %s", resp.StatusCode, strings.TrimSpace(string(body)))
+		return nil
+	})
+	t.Logf("/readyz not ready %v into the freeze (after the calls above)", d.Round(time.Millisecond))
+	resp, err := hc.Get(url + "/.well-known/jwks.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("JWKS with ChainFire frozen: %d", resp.StatusCode)
+	}
+	if err := prot.get(valid); err != nil {
+		t.Fatalf("verification with ChainFire frozen: %v", err)
+	}
+
+	if err := cf.Cont(); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	resumed := time.Now()
+	waitFor(t, 30*time.Second, "login after ChainFire resumed", func() error {
+		cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := tokens.Token(cctx, connect.NewRequest(&iamv1.TokenRequest{GrantType: "password", Username: "alice", Password: "alice-pass-1234"}))
+		return err
+	})
+	t.Logf("login works again %v after ChainFire resumed", time.Since(resumed).Round(time.Millisecond))
+	e.waitReady(t, e.replicas[0])
 }

@@ -159,7 +159,7 @@ func (r *replica) notReady() string {
 func (r *replica) setStatus(s string) { r.status.Store(&s) }
 
 // ready backs /readyz.
-func (r *replica) ready(context.Context) error {
+func (r *replica) ready(ctx context.Context) error {
 	if r.handler.Load() == nil {
 		return errors.New(r.notReady())
 	}
@@ -169,8 +169,21 @@ func (r *replica) ready(context.Context) error {
 	if err := r.view.Ready(); err != nil {
 		return err
 	}
-	return r.pol.Fresh()
+	if err := r.pol.Fresh(); err != nil {
+		return err
+	}
+	// ChainFire reachable with a quorum: one bounded linearizable read. Without it
+	// logins and admin calls fail, so the replica must not look ready.
+	ctx, cancel := context.WithTimeout(ctx, readyProbeTimeout)
+	defer cancel()
+	if _, err := r.cf.Get(ctx, "/iam/meta/", chainfire.WithPrefix(), chainfire.WithCountOnly()); err != nil {
+		return fmt.Errorf("chainfire unreachable: %w", err)
+	}
+	return nil
 }
+
+// readyProbeTimeout bounds the ChainFire read of one /readyz check.
+const readyProbeTimeout = 2 * time.Second
 
 // init brings the replica up, retrying what depends on ChainFire until it succeeds or
 // stop ends. Background loops live until runCtx ends.
