@@ -128,3 +128,58 @@ func TestReplicaKilledUnderLoad(t *testing.T) {
 		t.Fatal("no call completed after the kill")
 	}
 }
+
+// TestReplicaHung freezes (SIGSTOP) the replica everyone uses: its sockets stay open but
+// nothing answers. Reads, grants and revocations through pkg/iamclient move to the other
+// replica after the per-attempt timeout with no error visible, and the service's policy
+// follower leaves the silent stream (idle timeout) so a revocation still arrives.
+func TestReplicaHung(t *testing.T) {
+	e := startEnv(t, 2)
+	admin := e.admin(t)
+	ctx := bg(t)
+	sa, err := admin.CreateServiceAccount(ctx, &iamv1.CreateServiceAccountRequest{ServiceAccount: &iamv1.ServiceAccount{Name: "worker", RateLimitExempt: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.CreateBinding(ctx, &iamv1.CreateBindingRequest{Binding: &iamv1.Binding{
+		Principal: "serviceaccount:worker", Role: "reader", Effect: iamv1.Effect_EFFECT_ALLOW}}); err != nil {
+		t.Fatal(err)
+	}
+	prot := startProtected(t, e.endpoints(), e.watcher(t, admin, "verifier"), protectedConfig{})
+	hung := e.replicas[0]
+	if err := hung.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = hung.Cont() }()
+	stopped := time.Now()
+
+	cctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var slowest time.Duration
+	for i := range 10 {
+		start := time.Now()
+		tok, err := admin.Token(cctx, &iamv1.TokenRequest{GrantType: "client_credentials", ClientId: "worker", ClientSecret: sa.ClientSecret})
+		if err != nil {
+			t.Fatalf("grant %d with a hung replica: %v", i, err)
+		}
+		if _, err := admin.ListUsers(cctx, &iamv1.ListUsersRequest{}); err != nil {
+			t.Fatalf("read %d with a hung replica: %v", i, err)
+		}
+		if err := prot.get(tok.AccessToken); err != nil {
+			t.Fatalf("verify %d with a hung replica: %v", i, err)
+		}
+		slowest = max(slowest, time.Since(start))
+	}
+	t.Logf("10 grant+read+verify rounds with %s hung: no error, slowest round %v", hung.Name(), slowest.Round(time.Millisecond))
+
+	victim, err := admin.Token(cctx, &iamv1.TokenRequest{GrantType: "client_credentials", ClientId: "worker", ClientSecret: sa.ClientSecret})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Revoke(cctx, &iamv1.RevokeRequest{Target: &iamv1.RevokeRequest_AccessToken{AccessToken: victim.AccessToken}}); err != nil {
+		t.Fatal(err)
+	}
+	d, _ := waitCode(t, 20*time.Second, "revocation with a hung replica", connect.CodeUnauthenticated, func() error { return prot.get(victim.AccessToken) })
+	t.Logf("revocation reached the service after %v (%v after the freeze; follower streams opened: %d)",
+		d.Round(time.Millisecond), time.Since(stopped).Round(time.Millisecond), prot.svc.Follower.Streams())
+}

@@ -9,6 +9,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"plasmacloud.dev/pkg/iamclient"
 	iamv1 "plasmacloud.dev/proto/iam/v1"
 )
 
@@ -140,6 +141,21 @@ func TestLoginAuthorizeRevoke(t *testing.T) {
 		_, err = base.Token(ctx, &iamv1.TokenRequest{GrantType: "refresh_token", RefreshToken: second.RefreshToken})
 		if connect.CodeOf(err) != connect.CodeUnauthenticated {
 			t.Fatalf("newest refresh token of a revoked family: %v, want Unauthenticated", err)
+		}
+	})
+
+	t.Run("own refresh token revoked without a bearer token", func(t *testing.T) {
+		tok := login(t, base, "alice", "alice-pass-1234", "p1")
+		if _, err := base.Revoke(ctx, &iamv1.RevokeRequest{Target: &iamv1.RevokeRequest_RefreshToken{RefreshToken: tok.RefreshToken}}); err != nil {
+			t.Fatalf("unauthenticated revoke of one's own refresh token: %v", err)
+		}
+		if _, err := base.Token(ctx, &iamv1.TokenRequest{GrantType: "refresh_token", RefreshToken: tok.RefreshToken}); connect.CodeOf(err) != connect.CodeUnauthenticated {
+			t.Fatalf("refresh after revoke: %v, want Unauthenticated", err)
+		}
+		// A jti needs iam.token.revoke: alice (member) may not revoke by jti.
+		aliceClient := e.client(t, iamclient.StaticToken(tok.AccessToken))
+		if _, err := aliceClient.Revoke(ctx, &iamv1.RevokeRequest{Target: &iamv1.RevokeRequest_Jti{Jti: "x"}}); connect.CodeOf(err) != connect.CodePermissionDenied {
+			t.Fatalf("member revoking by jti: %v, want PermissionDenied", err)
 		}
 	})
 
