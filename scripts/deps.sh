@@ -33,12 +33,24 @@ DEBIAN_PACKAGES=(
 	jq
 	# ChainFire's alert rules are checked with promtool (deploy/prometheus/alerts.yml).
 	prometheus
+	# PlasmaVMC's driver tests (plasmavmc/internal/driver): QEMU (TCG), qemu-img for qcow2
+	# overlays, a libvirtd run without systemd (scripts/libvirt.sh), and what scripts/guest.sh
+	# needs to build the tiny guest (busybox-static above, cpio, xz; socat for QMP by hand).
+	qemu-system-x86
+	qemu-utils
+	libvirt-daemon-system
+	libvirt-daemon-driver-qemu
+	libvirt-clients
+	cpio
+	xz-utils
+	socat
 )
 
 # Packages whose daemons Debian would start at install time and that must not run:
 # tests start their own instances on free ports, and a system etcd would hold 2379,
 # the port of `make dev`'s first node.
-NO_AUTOSTART_SERVICES=(etcd prometheus)
+# libvirtd (and its helpers) likewise: scripts/libvirt.sh runs its own, configured for tests.
+NO_AUTOSTART_SERVICES=(etcd prometheus libvirtd virtlogd virtlockd libvirt-guests)
 
 # Go itself comes from go.dev (Debian 12 ships 1.19); the repo needs this one.
 GO_MIN_MINOR=26
