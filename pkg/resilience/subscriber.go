@@ -509,10 +509,12 @@ func (s *subscription) streamError(ctx, sctx context.Context, err error) error {
 			// Following "from now" and nothing delivered yet: the
 			// replica's resume point is where "now" was.
 			s.next = r.GetRevision()
-		case r.GetRevision() > s.next:
-			// The replica believes more was delivered than was: trust
-			// what the handler actually got.
-			s.log.Warn("resilience: watchbus resume revision ahead of delivery, resuming from delivery",
+		case r.GetRevision() != s.next:
+			// Ahead is normal (the revisions between had nothing under
+			// the prefixes); behind would only replay duplicates. Either
+			// way resume from what the handler actually got: it never
+			// loses anything.
+			s.log.Debug("resilience: watchbus resume detail differs from delivery, resuming from delivery",
 				"resume_detail", r.GetRevision(), "resume_revision", s.next)
 		}
 	}
