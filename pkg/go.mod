@@ -2,7 +2,11 @@ module plasmacloud.dev/pkg
 
 go 1.26.0
 
-require plasmacloud.dev/proto v0.0.0
+require (
+	github.com/spf13/pflag v1.0.9
+	go.yaml.in/yaml/v3 v3.0.6
+	plasmacloud.dev/proto v0.0.0
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 	"time"
 
@@ -96,19 +95,8 @@ func serverCommand() *cobra.Command {
 	return cmd
 }
 
-// applyEnv sets every flag not given on the command line from CHAINFIRE_<FLAG_NAME>.
+// applyEnv sets every flag not given on the command line from CHAINFIRE_<FLAG_NAME>
+// (pkg/server.ApplyEnvAndConfig; an empty variable counts as unset).
 func applyEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if err != nil || f.Changed {
-			return
-		}
-		name := "CHAINFIRE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v, ok := os.LookupEnv(name); ok {
-			if serr := fs.Set(f.Name, v); serr != nil {
-				err = fmt.Errorf("%s=%q: %w", name, v, serr)
-			}
-		}
-	})
-	return err
+	return plasmaserver.ApplyEnvAndConfig(fs, "", plasmaserver.EnvNames("CHAINFIRE", nil))
 }

@@ -10,7 +10,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	"plasmacloud.dev/iam/internal/keys"
 	"plasmacloud.dev/iam/internal/server"
@@ -42,11 +41,9 @@ On first start the user "admin" (global role admin) is created with the password
     --master-key-file /etc/iam/master.key --issuer https://iam.example.internal`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnv(cmd.Flags()); err != nil {
+			env := plasmaserver.EnvNames("IAM", map[string][]string{"chainfire-endpoints": {"PLASMA_CHAINFIRE_ENDPOINTS"}})
+			if err := plasmaserver.ApplyEnvAndConfig(cmd.Flags(), configFile, env); err != nil {
 				return err
-			}
-			if configFile != "" {
-				return fmt.Errorf("--config: configuration files are not supported yet; use flags or IAM_* environment variables")
 			}
 			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
 			if err != nil {
@@ -90,7 +87,7 @@ On first start the user "admin" (global role admin) is created with the password
 	f.StringVar(&cfg.ChainFireTLS.CertFile, "chainfire-cert-file", "", "client certificate for ChainFire mutual TLS (PEM)")
 	f.StringVar(&cfg.ChainFireTLS.KeyFile, "chainfire-key-file", "", "client key for ChainFire mutual TLS (PEM)")
 	f.StringVar(&cfg.DataDir, "data-dir", "", "accepted for the shared command line; IAM keeps no local state")
-	f.StringVar(&configFile, "config", "", "configuration file (not supported yet: use flags or IAM_* environment variables)")
+	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and IAM_* environment variables win")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&auditLog, "audit-log", "", "file the audit trail (JSON lines) is appended to (default stderr)")
@@ -112,29 +109,4 @@ On first start the user "admin" (global role admin) is created with the password
 	f.BoolVar(&cfg.TLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for in-flight requests")
 	return cmd
-}
-
-// applyEnv sets every flag not given on the command line from IAM_<FLAG_NAME>, and
-// --chainfire-endpoints from PLASMA_CHAINFIRE_ENDPOINTS.
-func applyEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if err != nil || f.Changed {
-			return
-		}
-		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		names := []string{"IAM_" + env}
-		if f.Name == "chainfire-endpoints" {
-			names = append(names, "PLASMA_CHAINFIRE_ENDPOINTS")
-		}
-		for _, name := range names {
-			if v, ok := os.LookupEnv(name); ok && v != "" {
-				if serr := fs.Set(f.Name, v); serr != nil {
-					err = fmt.Errorf("%s=%q: %w", name, v, serr)
-				}
-				return
-			}
-		}
-	})
-	return err
 }
