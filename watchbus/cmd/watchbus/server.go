@@ -1,0 +1,117 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	plasmaserver "plasmacloud.dev/pkg/server"
+	"plasmacloud.dev/watchbus/internal/server"
+)
+
+// serverCommand is `watchbus server`. Every flag may also come from the environment as
+// WATCHBUS_<FLAG> (e.g. WATCHBUS_WINDOW_EVENTS); --chainfire-endpoints also from
+// PLASMA_CHAINFIRE_ENDPOINTS and --iam-endpoints from PLASMA_IAM_ENDPOINTS. Flags win.
+func serverCommand() *cobra.Command {
+	cfg := server.DefaultConfig()
+	var logFormat, logLevel, configFile, secretFile string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a WatchBus replica",
+		Long: `Run a WatchBus replica: one upstream ChainFire watch over the whole keyspace, a window
+of recent revisions in memory, and WatchBusService.Subscribe for any number of
+subscribers. Replicas are stateless (revisions are ChainFire's): run several, and a
+subscriber resumes on any of them from its last revision.
+
+Every Subscribe needs the permission events.watch, checked offline with keys and policy
+from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
+		Example: `  watchbus server --listen :7002 --chainfire-endpoints http://10.0.0.1:2379,http://10.0.0.2:2379 \
+    --iam-endpoints http://10.0.0.1:7001 --iam-client-id watchbus --iam-client-secret-file /etc/watchbus/secret
+  watchbus server --chainfire-endpoints http://127.0.0.1:2379 --auth none   # development`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			if configFile != "" {
+				return fmt.Errorf("--config: configuration files are not supported yet; use flags or WATCHBUS_* environment variables")
+			}
+			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			if secretFile != "" {
+				b, err := os.ReadFile(secretFile)
+				if err != nil {
+					return fmt.Errorf("--iam-client-secret-file: %w", err)
+				}
+				cfg.IAMClientSecret = strings.TrimRight(string(b), "\r\n")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return server.Run(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT to serve the API, health and metrics on")
+	f.StringSliceVar(&cfg.ChainFireEndpoints, "chainfire-endpoints", cfg.ChainFireEndpoints, "ChainFire client URLs (env PLASMA_CHAINFIRE_ENDPOINTS)")
+	f.StringVar(&cfg.ChainFireTLS.CAFile, "chainfire-ca-file", "", "CA that signs ChainFire's certificates (PEM)")
+	f.StringVar(&cfg.ChainFireTLS.CertFile, "chainfire-cert-file", "", "client certificate for ChainFire mutual TLS (PEM)")
+	f.StringVar(&cfg.ChainFireTLS.KeyFile, "chainfire-key-file", "", "client key for ChainFire mutual TLS (PEM)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "accepted for the shared command line; WatchBus keeps no local state")
+	f.StringVar(&configFile, "config", "", "configuration file (not supported yet: use flags or WATCHBUS_* environment variables)")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&cfg.Auth, "auth", cfg.Auth, "authorization: iam (needs --iam-endpoints) or none (development only: anyone may subscribe to anything)")
+	f.StringSliceVar(&cfg.IAMEndpoints, "iam-endpoints", nil, "IAM base URLs for signing keys and policy (env PLASMA_IAM_ENDPOINTS)")
+	f.StringVar(&cfg.IAMIssuer, "iam-issuer", cfg.IAMIssuer, "iss claim tokens must carry")
+	f.StringVar(&cfg.IAMAudience, "iam-audience", cfg.IAMAudience, "aud claim tokens must carry")
+	f.StringVar(&cfg.IAMClientID, "iam-client-id", "", "WatchBus's own service account (authenticates its IAM policy stream)")
+	f.StringVar(&secretFile, "iam-client-secret-file", "", "file holding the service account's secret")
+	f.IntVar(&cfg.WindowEvents, "window-events", cfg.WindowEvents, "most events kept in the in-memory window (oldest revisions evicted first)")
+	f.DurationVar(&cfg.WindowAge, "window-age", cfg.WindowAge, "how long a revision stays in the window (0: by count only)")
+	f.IntVar(&cfg.SubscriberQueue, "subscriber-queue", cfg.SubscriberQueue, "revisions a subscriber may lag behind the head before it counts as slow")
+	f.DurationVar(&cfg.SlowConsumerTimeout, "slow-consumer-timeout", cfg.SlowConsumerTimeout, "how long a subscriber may stay at the queue bound before it is cut (ResourceExhausted + resume revision)")
+	f.StringVar(&cfg.TLS.CertFile, "cert-file", "", "API TLS certificate (PEM)")
+	f.StringVar(&cfg.TLS.KeyFile, "key-file", "", "API TLS key (PEM)")
+	f.StringVar(&cfg.TLS.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
+	f.BoolVar(&cfg.TLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for streams to end")
+	return cmd
+}
+
+// applyEnv sets every flag not given on the command line from WATCHBUS_<FLAG_NAME>,
+// --chainfire-endpoints from PLASMA_CHAINFIRE_ENDPOINTS and --iam-endpoints from
+// PLASMA_IAM_ENDPOINTS.
+func applyEnv(fs *pflag.FlagSet) error {
+	var err error
+	fs.VisitAll(func(f *pflag.Flag) {
+		if err != nil || f.Changed {
+			return
+		}
+		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+		names := []string{"WATCHBUS_" + env}
+		switch f.Name {
+		case "chainfire-endpoints":
+			names = append(names, "PLASMA_CHAINFIRE_ENDPOINTS")
+		case "iam-endpoints":
+			names = append(names, "PLASMA_IAM_ENDPOINTS")
+		}
+		for _, name := range names {
+			if v, ok := os.LookupEnv(name); ok && v != "" {
+				if serr := fs.Set(f.Name, v); serr != nil {
+					err = fmt.Errorf("%s=%q: %w", name, v, serr)
+				}
+				return
+			}
+		}
+	})
+	return err
+}
