@@ -7,8 +7,9 @@
 # compose stack (3 ChainFire members, 2 IAM replicas) up under a private project name,
 # waits for every readiness endpoint on its published port, writes a key through cf1
 # with etcdctl and reads it back through every node, logs in as the bootstrap admin at
-# iam1's /oauth2/token and lists users with that token through iam2, then tears
-# everything down including the volumes.
+# iam1's /oauth2/token and lists users with that token through iam2, checks both
+# WatchBus replicas' /readyz and that a put shows up on a subscription through wb2, then
+# tears everything down including the volumes.
 # On failure it prints the containers' logs. Exits non-zero on any failure.
 #
 # Needs a running Docker engine; installs docker-compose and etcdctl (Debian packages)
@@ -17,6 +18,7 @@
 # Environment:
 #   CHAINFIRE_IMAGE  image tag to build and run (default plasmacloud/chainfire:smoke)
 #   IAM_IMAGE        likewise for IAM (default plasmacloud/iam:smoke)
+#   WATCHBUS_IMAGE   likewise for WatchBus (default plasmacloud/watchbus:smoke)
 #   READY_PATH       readiness path (default /readyz)
 #   READY_TIMEOUT    seconds to wait for readiness (default 120)
 set -euo pipefail
@@ -25,11 +27,13 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 export CHAINFIRE_IMAGE=${CHAINFIRE_IMAGE:-plasmacloud/chainfire:smoke}
 export IAM_IMAGE=${IAM_IMAGE:-plasmacloud/iam:smoke}
+export WATCHBUS_IMAGE=${WATCHBUS_IMAGE:-plasmacloud/watchbus:smoke}
 ready_path=${READY_PATH:-/readyz}
 ready_timeout=${READY_TIMEOUT:-120}
 project=plasmacloud-smoke-$$
 ports=(23791 23792 23793)
 iam_ports=(7001 7011)
+watchbus_ports=(7002 7012)
 
 log() { echo "compose-smoke: $*" >&2; }
 die() {
@@ -43,6 +47,7 @@ docker info >/dev/null 2>&1 || die "cannot reach the Docker engine (is dockerd r
 export ETCDCTL_API=3
 
 [[ -x ${IAM_BIN:-bin/iam} ]] || die "${IAM_BIN:-bin/iam} not found; run \`make build\` first"
+[[ -x ${WATCHBUS_BIN:-bin/watchbus} ]] || die "${WATCHBUS_BIN:-bin/watchbus} not found; run \`make build\` first"
 scripts/docker-image.sh "$CHAINFIRE_IMAGE"
 
 compose=(docker-compose --project-name "$project" --file deploy/docker-compose.yml)
@@ -60,7 +65,7 @@ log "starting the cluster (project $project, image $CHAINFIRE_IMAGE)"
 "${compose[@]}" up -d --quiet-pull 2>&1 | sed 's/^/    /' >&2
 
 deadline=$((SECONDS + ready_timeout))
-for p in "${ports[@]}" "${iam_ports[@]}"; do
+for p in "${ports[@]}" "${iam_ports[@]}" "${watchbus_ports[@]}"; do
 	url="http://127.0.0.1:$p$ready_path"
 	until curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; do
 		((SECONDS < deadline)) || die "$url not ready after ${ready_timeout}s"
@@ -92,6 +97,19 @@ users=$(curl -fsS -m 10 -X POST "http://127.0.0.1:${iam_ports[1]}/iam.v1.UserSer
 	die "ListUsers through iam2 with iam1's token failed"
 grep -qx admin <<<"$users" || die "ListUsers through iam2 does not list admin: $users"
 log "admin logged in through iam1, listed users through iam2"
+
+# WatchBus: a subscription through wb2 sees a put made through cf1.
+wb_out=$(mktemp)
+"${WATCHBUS_BIN:-bin/watchbus}" subscribe --endpoints "http://127.0.0.1:${watchbus_ports[1]}" \
+	--prefix "/smoke/$project/" -o json --max-events 1 --timeout 20s >"$wb_out" 2>&1 &
+wb_pid=$!
+sleep 1
+"${etcdctl[@]}" --endpoints "127.0.0.1:${ports[0]}" put "/smoke/$project/wb" "$value" >/dev/null
+wait "$wb_pid" || true
+got=$(jq -r 'select(.key != null) | .value' <"$wb_out" 2>/dev/null | head -1)
+rm -f "$wb_out"
+[[ $got == "$value" ]] || die "subscription through wb2 did not deliver the put (got \"$got\")"
+log "put through cf1 delivered by a subscription through wb2"
 
 ok=1
 log "PASS"

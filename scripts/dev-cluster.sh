@@ -9,7 +9,8 @@
 # /readyz answers, then starts bin/iam (iam1 on 127.0.0.1:7001, over the three members)
 # with a development master key and bootstrap admin password generated once into
 # .dev/iam/, waits for its /readyz, prints the endpoints, an etcdctl example and how to
-# log in, and then stays in the foreground. Ctrl-C (or SIGTERM) shuts everything down
+# log in, then starts bin/watchbus (wb1 on 127.0.0.1:7002, --auth none: development
+# only) and waits for its /readyz, and then stays in the foreground. Ctrl-C (or SIGTERM) shuts everything down
 # gracefully and waits for it. Data survives a restart of the script; --fresh deletes it
 # first (the IAM secrets with it).
 #
@@ -18,6 +19,8 @@
 #   CHAINFIRE_FLAGS  extra flags for every node, e.g. "--log-format json"
 #   IAM_BIN          IAM binary (default bin/iam); IAM_BIN=none runs ChainFire alone
 #   IAM_FLAGS        extra flags for the IAM replica
+#   WATCHBUS_BIN     WatchBus binary (default bin/watchbus); WATCHBUS_BIN=none skips it
+#   WATCHBUS_FLAGS   extra flags for the WatchBus replica
 #   DEV_DIR          data and log directory (default .dev)
 #   READY_PATH       readiness path (default /readyz)
 #   READY_TIMEOUT    seconds to wait for readiness (default 60)
@@ -34,6 +37,9 @@ read -r -a extra_flags <<<"${CHAINFIRE_FLAGS:-}"
 iam_bin=${IAM_BIN:-$root/bin/iam}
 read -r -a iam_flags <<<"${IAM_FLAGS:-}"
 iam_port=7001
+watchbus_bin=${WATCHBUS_BIN:-$root/bin/watchbus}
+read -r -a watchbus_flags <<<"${WATCHBUS_FLAGS:-}"
+watchbus_port=7002
 
 names=(cf1 cf2 cf3)
 client_ports=(2379 22379 32379)
@@ -65,9 +71,18 @@ if [[ $iam_bin == none ]]; then
 elif [[ ! -x $iam_bin ]]; then
 	die "$iam_bin not found; run \`make build\` first (or IAM_BIN=none for ChainFire alone)"
 fi
+with_watchbus=1
+if [[ $watchbus_bin == none ]]; then
+	with_watchbus=0
+elif [[ ! -x $watchbus_bin ]]; then
+	die "$watchbus_bin not found; run \`make build\` first (or WATCHBUS_BIN=none to skip WatchBus)"
+fi
 ports=("${client_ports[@]}" "${peer_ports[@]}")
 if ((with_iam)); then
 	ports+=("$iam_port")
+fi
+if ((with_watchbus)); then
+	ports+=("$watchbus_port")
 fi
 
 # Refuse to start on ports somebody else holds (a system etcd listens on 2379).
@@ -219,6 +234,35 @@ if ((with_iam)); then
 	done
 fi
 
+# WatchBus: one replica over the three members, without authorization (development only:
+# it says so in its log and /readyz).
+if ((with_watchbus)); then
+	echo "=== dev-cluster: starting wb1 at $(date -Is)" >>"$dev/wb1.log"
+	"$watchbus_bin" server \
+		--listen "127.0.0.1:$watchbus_port" \
+		--chainfire-endpoints "$endpoints" \
+		--auth none \
+		"${watchbus_flags[@]}" \
+		>>"$dev/wb1.log" 2>&1 &
+	pids+=("$!")
+	names+=(wb1)
+	watchbus_pid=$!
+	log "started wb1 (pid $!), log $dev/wb1.log"
+	url="http://127.0.0.1:$watchbus_port$ready_path"
+	until curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; do
+		if dead=$(dead_node); then
+			fail_with_log "$dead"
+		fi
+		if ((SECONDS >= deadline)); then
+			log "$url not ready after ${ready_timeout}s; last lines of $dev/wb1.log:"
+			tail -n 40 "$dev/wb1.log" >&2 || true
+			stop
+			exit 1
+		fi
+		sleep 0.3
+	done
+fi
+
 cat <<EOF
 
 ChainFire dev cluster is up (data and logs in ${dev#"$root"/}/):
@@ -238,6 +282,13 @@ IAM is up: iam1  http://127.0.0.1:$iam_port  pid ${pids[3]}  (audit log ${dev#"$
 Log in as admin (development password in ${dev#"$root"/}/iam/admin-password):
   bin/iam login --username admin --password-file ${dev#"$root"/}/iam/admin-password
   bin/iam user list
+
+EOF
+fi
+if ((with_watchbus)); then
+	cat <<EOF
+WatchBus is up: wb1  http://127.0.0.1:$watchbus_port  pid $watchbus_pid  (--auth none: development only)
+  bin/watchbus subscribe --prefix foo -o json      # then: etcdctl put foo bar
 
 EOF
 fi

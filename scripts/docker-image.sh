@@ -8,7 +8,8 @@
 # the image has no dynamic loader. Nothing is pulled: the images start from scratch.
 #
 # The IAM image ($IAM_IMAGE or plasmacloud/iam:dev, from $IAM_BIN or bin/iam) is built
-# after it when that binary exists; IAM_IMAGE=none skips it.
+# after it when that binary exists; IAM_IMAGE=none skips it. Likewise the WatchBus image
+# ($WATCHBUS_IMAGE or plasmacloud/watchbus:dev, from $WATCHBUS_BIN or bin/watchbus).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,8 @@ command -v docker >/dev/null || die "docker not found; install Docker Engine"
 
 iam_bin=${IAM_BIN:-$root/bin/iam}
 iam_image=${IAM_IMAGE:-plasmacloud/iam:dev}
+watchbus_bin=${WATCHBUS_BIN:-$root/bin/watchbus}
+watchbus_image=${WATCHBUS_IMAGE:-plasmacloud/watchbus:dev}
 
 # static_or_die refuses a dynamically linked binary: it cannot run in scratch.
 static_or_die() {
@@ -64,4 +67,14 @@ if [[ $iam_image != none && -x $iam_bin ]]; then
 	build "$root/deploy/docker/Dockerfile.iam" "$iam_image" "$iam_ctx"
 elif [[ $iam_image != none ]]; then
 	echo "docker-image: $iam_bin not found; IAM image skipped (make build makes it)" >&2
+fi
+
+if [[ $watchbus_image != none && -x $watchbus_bin ]]; then
+	static_or_die "$watchbus_bin"
+	watchbus_ctx="$ctx/watchbus-context"
+	mkdir "$watchbus_ctx"
+	cp "$watchbus_bin" "$watchbus_ctx/watchbus"
+	build "$root/deploy/docker/Dockerfile.watchbus" "$watchbus_image" "$watchbus_ctx"
+elif [[ $watchbus_image != none ]]; then
+	echo "docker-image: $watchbus_bin not found; WatchBus image skipped (make build makes it)" >&2
 fi

@@ -371,7 +371,9 @@ func TestReplicaKilled(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	errc := make(chan error, 1)
-	go func() { errc <- resumingSubscriber(ctx, []string{wb1.url, wb2.url}, from, until.Load, &msgs, &switches) }()
+	go func() {
+		errc <- resumingSubscriber(ctx, []string{wb1.url, wb2.url}, from, until.Load, &msgs, &switches)
+	}()
 	time.Sleep(1500 * time.Millisecond)
 	if err := wb1.Kill(); err != nil {
 		t.Fatal(err)
@@ -396,7 +398,7 @@ func TestChainFireMemberKilled(t *testing.T) {
 	cfc := chainfiretest.Start(t, 3, chainfiretest.Options{})
 	eps := cfc.Endpoints()
 	cf := newCF(t, []string{eps[1], eps[2]}) // writes avoid the member to be killed
-	wb := startWatchbus(t, "wb1", eps)         // watches through eps[0] first
+	wb := startWatchbus(t, "wb1", eps)       // watches through eps[0] first
 	start, err := cf.Get(context.Background(), "\x00", chainfire.WithCountOnly())
 	if err != nil {
 		t.Fatal(err)
