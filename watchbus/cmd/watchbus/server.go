@@ -83,6 +83,7 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
 	f.StringVar(&cfg.TLS.KeyFile, "key-file", "", "API TLS key (PEM)")
 	f.StringVar(&cfg.TLS.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
 	f.BoolVar(&cfg.TLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	f.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --listen (profiling; off in production)")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for streams to end")
 	return cmd
 }

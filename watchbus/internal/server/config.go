@@ -54,6 +54,9 @@ type Config struct {
 	Logger *slog.Logger
 	// DrainTimeout bounds the graceful shutdown (default 10 s).
 	DrainTimeout time.Duration
+	// Pprof serves net/http/pprof under /debug/pprof/ on the API port (off by default:
+	// profiles expose internals and cost CPU while taken).
+	Pprof bool
 }
 
 // DefaultConfig returns the defaults of every field.
