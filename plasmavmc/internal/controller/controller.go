@@ -1,0 +1,220 @@
+// Package controller is PlasmaVMC's control plane (`plasmavmc server`): the Connect
+// handlers of VMService, HostService, ImageService and OperationService over ChainFire
+// (through internal/state), leader election, and — on the leader only — the scheduler
+// and housekeeping.
+//
+// # Replicas
+//
+// Controllers are stateless: any number run over one ChainFire and any of them serves
+// any call. One is elected leader (a lease-bound /plasmavmc/leader key, see [Elector]);
+// it alone places PENDING VMs and finishes deletes. Every placement is a compare-and-swap
+// on the host's ledger /plasmavmc/alloc/<host> and additionally requires the leader key
+// to still carry the leader's lease, so neither two schedulers nor a deposed leader can
+// overcommit a host.
+//
+// # Projects
+//
+// Every call is authorized by pkg/auth with the permission of [Permissions]. Then the
+// token's scope decides which VMs and operations the caller sees: a project-scoped token
+// sees only its project's (a VM of another project is reported NotFound, exactly as a VM
+// that does not exist, so that ids of other projects cannot be probed); an unscoped token
+// — which passed authorization only through global bindings, e.g. a global admin — and
+// the development identity of --auth none see every project. Hosts and images are
+// fleet-wide and visible to any caller holding host.* / image.* permissions.
+//
+// # Concurrency
+//
+// A Controller is safe for concurrent use by the HTTP server's goroutines; [Controller.Run]
+// runs the election and, while leader, the scheduler loop, until its context ends.
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/plasmavmc/internal/state"
+	"plasmacloud.dev/proto/plasmavmc/v1/plasmavmcv1connect"
+)
+
+// Config configures a Controller. Store is required.
+type Config struct {
+	Store *state.Store
+	// ID names this replica in /plasmavmc/leader (default: a random UUID).
+	ID string
+	// Logger (nil: discard).
+	Logger *slog.Logger
+	// Now is the clock (default time.Now).
+	Now func() time.Time
+	// LeaseTTL is the leader lease's TTL in seconds (default 5): a dead leader is
+	// replaced within about this long.
+	LeaseTTL int64
+	// ScheduleInterval is how often the leader looks for work when no change wakes it
+	// (default 500 ms).
+	ScheduleInterval time.Duration
+	// RequestTTL is how long a create's request id is remembered (default 24 h).
+	RequestTTL time.Duration
+	// DisableScheduler makes the replica never campaign (API only).
+	DisableScheduler bool
+}
+
+// Controller serves the API and, when elected, schedules. Build it with [New].
+type Controller struct {
+	cfg   Config
+	st    *state.Store
+	cf    *chainfire.Client
+	log   *slog.Logger
+	now   func() time.Time
+	kick  chan struct{}
+	elect *Elector
+
+	leaseMu      sync.Mutex
+	requestLease int64
+	leaseGranted time.Time
+
+	metrics *metrics
+}
+
+// New builds a Controller.
+func New(cfg Config) (*Controller, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("controller: Config.Store is required")
+	}
+	if cfg.ID == "" {
+		cfg.ID = newUUID()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.LeaseTTL <= 0 {
+		cfg.LeaseTTL = 5
+	}
+	if cfg.ScheduleInterval <= 0 {
+		cfg.ScheduleInterval = 500 * time.Millisecond
+	}
+	if cfg.RequestTTL <= 0 {
+		cfg.RequestTTL = 24 * time.Hour
+	}
+	c := &Controller{
+		cfg:     cfg,
+		st:      cfg.Store,
+		cf:      cfg.Store.Client(),
+		log:     cfg.Logger.With("component", "controller", "replica", cfg.ID),
+		now:     cfg.Now,
+		kick:    make(chan struct{}, 1),
+		metrics: newMetrics(),
+	}
+	c.elect = NewElector(c.cf, cfg.ID, cfg.LeaseTTL, c.log)
+	return c, nil
+}
+
+// ID is the replica id.
+func (c *Controller) ID() string { return c.cfg.ID }
+
+// Elector is the replica's leader election.
+func (c *Controller) Elector() *Elector { return c.elect }
+
+// Permissions maps every procedure of the API to the permission it requires.
+func Permissions() map[string]string {
+	return map[string]string{
+		plasmavmcv1connect.VMServiceCreateVMProcedure:              "vm.create",
+		plasmavmcv1connect.VMServiceGetVMProcedure:                 "vm.get",
+		plasmavmcv1connect.VMServiceListVMsProcedure:               "vm.list",
+		plasmavmcv1connect.VMServiceStartVMProcedure:               "vm.start",
+		plasmavmcv1connect.VMServiceStopVMProcedure:                "vm.stop",
+		plasmavmcv1connect.VMServiceRebootVMProcedure:              "vm.reboot",
+		plasmavmcv1connect.VMServiceDeleteVMProcedure:              "vm.delete",
+		plasmavmcv1connect.HostServiceListHostsProcedure:           "host.list",
+		plasmavmcv1connect.HostServiceGetHostProcedure:             "host.get",
+		plasmavmcv1connect.ImageServiceRegisterImageProcedure:      "image.register",
+		plasmavmcv1connect.ImageServiceListImagesProcedure:         "image.list",
+		plasmavmcv1connect.OperationServiceGetOperationProcedure:   "operation.get",
+		plasmavmcv1connect.OperationServiceListOperationsProcedure: "operation.list",
+	}
+}
+
+// Services are the gRPC service names served (for health and reflection).
+func Services() []string {
+	return []string{
+		plasmavmcv1connect.VMServiceName,
+		plasmavmcv1connect.HostServiceName,
+		plasmavmcv1connect.ImageServiceName,
+		plasmavmcv1connect.OperationServiceName,
+	}
+}
+
+// Handlers returns the Connect handlers by mount path; opts carry the interceptors.
+func (c *Controller) Handlers(opts ...connect.HandlerOption) map[string]http.Handler {
+	out := map[string]http.Handler{}
+	add := func(p string, h http.Handler) { out[p] = h }
+	add(plasmavmcv1connect.NewVMServiceHandler(vmService{c}, opts...))
+	add(plasmavmcv1connect.NewHostServiceHandler(hostService{c}, opts...))
+	add(plasmavmcv1connect.NewImageServiceHandler(imageService{c}, opts...))
+	add(plasmavmcv1connect.NewOperationServiceHandler(operationService{c}, opts...))
+	return out
+}
+
+// Run runs the leader election and, while this replica leads, the scheduler and
+// housekeeping, until ctx ends. Leadership is released (lease revoked) on return.
+func (c *Controller) Run(ctx context.Context) error {
+	if c.cfg.DisableScheduler {
+		<-ctx.Done()
+		return nil
+	}
+	return c.elect.Run(ctx, func(lctx context.Context, lease int64) {
+		c.log.Info("leading: scheduler and housekeeping started")
+		c.runLeader(lctx, lease)
+		c.log.Info("leadership ended")
+	})
+}
+
+// Kick wakes the scheduler (a create in this replica).
+func (c *Controller) Kick() {
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+}
+
+// toConnect maps state errors to Connect codes.
+func toConnect(err error) error {
+	if err == nil {
+		return nil
+	}
+	var ce *connect.Error
+	if errors.As(err, &ce) {
+		return err
+	}
+	switch {
+	case errors.Is(err, state.ErrNotFound):
+		return connect.NewError(connect.CodeNotFound, err)
+	case errors.Is(err, state.ErrConflict):
+		return connect.NewError(connect.CodeAborted, err)
+	case errors.Is(err, state.ErrCorrupt):
+		return connect.NewError(connect.CodeInternal, err)
+	case errors.Is(err, context.Canceled):
+		return connect.NewError(connect.CodeCanceled, err)
+	case errors.Is(err, context.DeadlineExceeded):
+		return connect.NewError(connect.CodeDeadlineExceeded, err)
+	default:
+		return connect.NewError(connect.CodeUnavailable, err)
+	}
+}
+
+func invalid(field, format string, args ...any) error {
+	return connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("%s: %s", field, fmt.Sprintf(format, args...)))
+}
+
+func notFound(format string, args ...any) error {
+	return connect.NewError(connect.CodeNotFound, fmt.Errorf(format, args...))
+}
