@@ -286,8 +286,7 @@ func (c *Controller) mutate(ctx context.Context, id, kind string, change func(vm
 		}
 		now := c.st.Now()
 		op := &pb.Operation{Id: newUUID(), Kind: kind, VmId: id, State: pb.OperationState_OPERATION_STATE_RUNNING, StartTime: now, Project: rec.VM.Project}
-		vm := proto.Clone(rec.VM).(*pb.VM)
-		vm.Status = nil
+		vm := proto.Clone(rec.VM).(*pb.VM) // with status, for change to look at; never stored
 		if vm.Labels == nil {
 			vm.Labels = map[string]string{}
 		}
