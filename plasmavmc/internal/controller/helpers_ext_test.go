@@ -86,6 +86,28 @@ func newEnv(t *testing.T) *env {
 	return e
 }
 
+// newEnvB is the ChainFire part of env for benchmarks.
+func newEnvB(b *testing.B) *env {
+	e := &env{cf: chainfiretest.Start(b, 1, chainfiretest.Options{})}
+	c, err := chainfire.New(chainfire.Config{Endpoints: e.cf.Endpoints()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { c.Close() })
+	e.st = state.New(c, nil)
+	return e
+}
+
+func (e *env) addHostB(b *testing.B, name string, vcpus int32, mem int64) {
+	ctx := context.Background()
+	if err := e.st.RegisterHost(ctx, &pb.Host{Name: name, Capacity: &pb.Resources{Vcpus: vcpus, MemoryMib: mem}, Pools: []string{"local", "shared"}}); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := e.st.Client().Put(ctx, state.AliveKey(name), "x"); err != nil {
+		b.Fatal(err)
+	}
+}
+
 // client is a new ChainFire client closed with the test.
 func (e *env) client() *chainfire.Client {
 	c, err := chainfire.New(chainfire.Config{Endpoints: e.cf.Endpoints()})
