@@ -1,0 +1,245 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	"plasmacloud.dev/pkg/auth"
+	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/pkg/iamclient"
+	plasmaserver "plasmacloud.dev/pkg/server"
+	"plasmacloud.dev/plasmavmc/internal/controller"
+	"plasmacloud.dev/plasmavmc/internal/state"
+)
+
+// serverConfig is `plasmavmc server`'s configuration.
+type serverConfig struct {
+	Listen             string
+	ChainFireEndpoints []string
+	ChainFireTLS       plasmaserver.TLSFiles
+	TLS                plasmaserver.TLSFiles
+	Auth               string
+	IAMEndpoints       []string
+	IAMIssuer          string
+	IAMAudience        string
+	IAMClientID        string
+	IAMClientSecret    string
+	ReplicaID          string
+	LeaseTTL           time.Duration
+	DrainTimeout       time.Duration
+}
+
+// serverCommand is `plasmavmc server`. Every flag may also come from the environment as
+// PLASMAVMC_<FLAG>; --chainfire-endpoints also from PLASMA_CHAINFIRE_ENDPOINTS and
+// --iam-endpoints from PLASMA_IAM_ENDPOINTS; then from --config. Flags win.
+func serverCommand() *cobra.Command {
+	cfg := serverConfig{Listen: ":7003", Auth: "iam", IAMIssuer: auth.DefaultIssuer, IAMAudience: auth.DefaultAudience,
+		LeaseTTL: 5 * time.Second, DrainTimeout: 10 * time.Second}
+	var logFormat, logLevel, configFile, secretFile, dataDir string
+	cmd := &cobra.Command{
+		Use:   "server",
+		Short: "Run a PlasmaVMC controller replica",
+		Long: `Run a PlasmaVMC controller replica: the VM, host, image and operation API over ChainFire.
+Replicas are stateless; run several over one ChainFire. One is elected leader (a lease on
+/plasmavmc/leader) and alone schedules PENDING VMs and finishes deletes.
+
+Callers are authorized with tokens from IAM (--iam-endpoints); --auth none turns that
+off, for development only.`,
+		Example: `  plasmavmc server --chainfire-endpoints http://10.0.0.1:2379 \
+    --iam-endpoints http://10.0.0.1:7001 --iam-client-id plasmavmc --iam-client-secret-file /etc/plasmavmc/secret
+  plasmavmc server --chainfire-endpoints http://127.0.0.1:2379 --auth none   # development`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			env := plasmaserver.EnvNames("PLASMAVMC", map[string][]string{
+				"chainfire-endpoints": {"PLASMA_CHAINFIRE_ENDPOINTS"},
+				"iam-endpoints":       {"PLASMA_IAM_ENDPOINTS"},
+			})
+			if err := plasmaserver.ApplyEnvAndConfig(cmd.Flags(), configFile, env); err != nil {
+				return err
+			}
+			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			if secretFile != "" {
+				b, err := os.ReadFile(secretFile)
+				if err != nil {
+					return fmt.Errorf("--iam-client-secret-file: %w", err)
+				}
+				cfg.IAMClientSecret = strings.TrimSpace(string(b))
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return runServer(ctx, cfg, log)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT to serve the API, health and metrics on")
+	f.StringSliceVar(&cfg.ChainFireEndpoints, "chainfire-endpoints", nil, "ChainFire client URLs (env PLASMA_CHAINFIRE_ENDPOINTS)")
+	f.StringVar(&cfg.ChainFireTLS.CAFile, "chainfire-ca-file", "", "CA that signs ChainFire's certificates (PEM)")
+	f.StringVar(&cfg.ChainFireTLS.CertFile, "chainfire-cert-file", "", "client certificate for ChainFire mutual TLS (PEM)")
+	f.StringVar(&cfg.ChainFireTLS.KeyFile, "chainfire-key-file", "", "client key for ChainFire mutual TLS (PEM)")
+	f.StringVar(&cfg.Auth, "auth", cfg.Auth, "authorization: iam (needs --iam-endpoints) or none (development only: anyone may do anything)")
+	f.StringSliceVar(&cfg.IAMEndpoints, "iam-endpoints", nil, "IAM base URLs for signing keys and policy (env PLASMA_IAM_ENDPOINTS)")
+	f.StringVar(&cfg.IAMIssuer, "iam-issuer", cfg.IAMIssuer, "iss claim tokens must carry")
+	f.StringVar(&cfg.IAMAudience, "iam-audience", cfg.IAMAudience, "aud claim tokens must carry")
+	f.StringVar(&cfg.IAMClientID, "iam-client-id", "", "the controller's own service account (authenticates its IAM policy stream)")
+	f.StringVar(&secretFile, "iam-client-secret-file", "", "file holding the service account's secret")
+	f.StringVar(&cfg.ReplicaID, "replica-id", "", "this replica's name in /plasmavmc/leader (default: hostname:port and a random suffix)")
+	f.DurationVar(&cfg.LeaseTTL, "leader-lease-ttl", cfg.LeaseTTL, "TTL of the leader lease: a dead leader is replaced within about this long")
+	f.StringVar(&dataDir, "data-dir", "", "accepted for the shared command line; the controller keeps no local state")
+	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and environment variables win")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&cfg.TLS.CertFile, "cert-file", "", "API TLS certificate (PEM)")
+	f.StringVar(&cfg.TLS.KeyFile, "key-file", "", "API TLS key (PEM)")
+	f.StringVar(&cfg.TLS.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
+	f.BoolVar(&cfg.TLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for in-flight requests")
+	return cmd
+}
+
+// runServer serves until ctx ends, then drains and hands leadership over.
+func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
+	if len(cfg.ChainFireEndpoints) == 0 {
+		return errors.New("--chainfire-endpoints (or PLASMA_CHAINFIRE_ENDPOINTS) is required")
+	}
+	switch cfg.Auth {
+	case "none":
+	case "iam":
+		if len(cfg.IAMEndpoints) == 0 {
+			return errors.New("--iam-endpoints (or PLASMA_IAM_ENDPOINTS) is required unless --auth none (development only)")
+		}
+	default:
+		return fmt.Errorf("--auth %q: must be iam or none", cfg.Auth)
+	}
+	cfCfg := chainfire.Config{Endpoints: cfg.ChainFireEndpoints, Logger: log.With("component", "chainfire"), RequestTimeout: 5 * time.Second}
+	if cfg.ChainFireTLS.CAFile != "" || cfg.ChainFireTLS.CertFile != "" {
+		tc, err := cfg.ChainFireTLS.ClientConfig()
+		if err != nil {
+			return fmt.Errorf("chainfire TLS: %w", err)
+		}
+		cfCfg.TLS = tc
+	}
+	cf, err := chainfire.New(cfCfg)
+	if err != nil {
+		return err
+	}
+	defer cf.Close()
+
+	runCtx, stopRun := context.WithCancel(context.WithoutCancel(ctx))
+	var bg sync.WaitGroup
+	defer bg.Wait()
+	defer stopRun()
+
+	var (
+		interceptor connect.Interceptor
+		authReady   = func(context.Context) error { return nil }
+		authNote    string
+	)
+	if cfg.Auth == "none" {
+		interceptor = auth.None(log)
+		authNote = " (AUTH DISABLED: --auth none, development only; every caller may do everything)"
+	} else {
+		ac := auth.Config{IAMEndpoints: cfg.IAMEndpoints, Issuer: cfg.IAMIssuer, Audience: cfg.IAMAudience,
+			Permissions: controller.Permissions(), Logger: log}
+		if cfg.IAMClientID != "" {
+			ic, err := iamclient.New(iamclient.Config{Endpoints: cfg.IAMEndpoints, Logger: log.With("component", "iamclient")})
+			if err != nil {
+				return err
+			}
+			defer ic.Close()
+			ts, err := ic.NewTokenSource(iamclient.TokenSourceConfig{ClientID: cfg.IAMClientID, ClientSecret: cfg.IAMClientSecret})
+			if err != nil {
+				return err
+			}
+			defer ts.Close()
+			ac.Credentials = ts.Token
+		}
+		svc, err := auth.Setup(ac)
+		if err != nil {
+			return err
+		}
+		interceptor = svc.Interceptor
+		authReady = svc.Ready
+		bg.Go(func() { _ = svc.Run(runCtx) })
+	}
+
+	id := cfg.ReplicaID
+	if id == "" {
+		host, _ := os.Hostname()
+		id = fmt.Sprintf("%s%s-%d", host, cfg.Listen, time.Now().UnixNano()%100000)
+	}
+	ctrl, err := controller.New(controller.Config{Store: state.New(cf, nil), ID: id, Logger: log,
+		LeaseTTL: max(1, int64(cfg.LeaseTTL/time.Second))})
+	if err != nil {
+		return err
+	}
+	ready := func(ctx context.Context) error {
+		// ChainFire reachable (a linearizable read of the leader key).
+		rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if _, err := cf.Get(rctx, state.KeyLeader); err != nil {
+			return fmt.Errorf("chainfire: %w", err)
+		}
+		return authReady(ctx)
+	}
+	srvCfg := plasmaserver.Config{Addr: cfg.Listen, Logger: log, Ready: ready, Services: controller.Services(), DrainTimeout: cfg.DrainTimeout}
+	if cfg.TLS.Enabled() {
+		if srvCfg.TLS, err = cfg.TLS.ServerConfig(); err != nil {
+			return err
+		}
+	}
+	srv := plasmaserver.New(srvCfg)
+	if err := ctrl.Register(srv.Registry()); err != nil {
+		return err
+	}
+	for p, h := range ctrl.Handlers(connect.WithInterceptors(interceptor)) {
+		srv.Handle(p, h)
+	}
+	srv.Handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		err := ready(r.Context())
+		if srv.Draining() {
+			err = errors.New("shutting down")
+		}
+		if err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			fmt.Fprintf(w, "not ready: %v%s\n", err, authNote)
+			return
+		}
+		fmt.Fprintf(w, "ok%s\n", authNote)
+	}))
+
+	electDone := make(chan struct{})
+	bg.Go(func() { defer close(electDone); _ = ctrl.Run(runCtx) })
+	errc := make(chan error, 1)
+	srvCtx, stopServing := context.WithCancel(context.Background())
+	defer stopServing()
+	go func() { errc <- srv.Serve(srvCtx) }()
+	_ = plasmaserver.Notify("READY=1")
+	log.Info("plasmavmc controller started", "replica", id, "listen", cfg.Listen, "auth", cfg.Auth)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	log.Info("shutting down: handing leadership over, draining requests")
+	_ = plasmaserver.Notify("STOPPING=1")
+	stopRun() // the elector revokes its lease: another replica leads at once
+	<-electDone
+	stopServing()
+	return <-errc
+}
