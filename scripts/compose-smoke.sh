@@ -8,7 +8,8 @@
 # waits for every readiness endpoint on its published port, writes a key through cf1
 # with etcdctl and reads it back through every node, logs in as the bootstrap admin at
 # iam1's /oauth2/token and lists users with that token through iam2, checks both
-# WatchBus replicas' /readyz and that a put shows up on a subscription through wb2, then
+# WatchBus replicas' /readyz and that a put shows up on a subscription through wb2, checks
+# the PlasmaVMC controller's /readyz and registers and lists an image through it, then
 # tears everything down including the volumes.
 # On failure it prints the containers' logs. Exits non-zero on any failure.
 #
@@ -19,6 +20,7 @@
 #   CHAINFIRE_IMAGE  image tag to build and run (default plasmacloud/chainfire:smoke)
 #   IAM_IMAGE        likewise for IAM (default plasmacloud/iam:smoke)
 #   WATCHBUS_IMAGE   likewise for WatchBus (default plasmacloud/watchbus:smoke)
+#   PLASMAVMC_IMAGE  likewise for the PlasmaVMC controller (default plasmacloud/plasmavmc:smoke)
 #   READY_PATH       readiness path (default /readyz)
 #   READY_TIMEOUT    seconds to wait for readiness (default 120)
 set -euo pipefail
@@ -28,12 +30,14 @@ cd "$root"
 export CHAINFIRE_IMAGE=${CHAINFIRE_IMAGE:-plasmacloud/chainfire:smoke}
 export IAM_IMAGE=${IAM_IMAGE:-plasmacloud/iam:smoke}
 export WATCHBUS_IMAGE=${WATCHBUS_IMAGE:-plasmacloud/watchbus:smoke}
+export PLASMAVMC_IMAGE=${PLASMAVMC_IMAGE:-plasmacloud/plasmavmc:smoke}
 ready_path=${READY_PATH:-/readyz}
 ready_timeout=${READY_TIMEOUT:-120}
 project=plasmacloud-smoke-$$
 ports=(23791 23792 23793)
 iam_ports=(7001 7011)
 watchbus_ports=(7002 7012)
+plasmavmc_ports=(7003)
 
 log() { echo "compose-smoke: $*" >&2; }
 die() {
@@ -48,6 +52,7 @@ export ETCDCTL_API=3
 
 [[ -x ${IAM_BIN:-bin/iam} ]] || die "${IAM_BIN:-bin/iam} not found; run \`make build\` first"
 [[ -x ${WATCHBUS_BIN:-bin/watchbus} ]] || die "${WATCHBUS_BIN:-bin/watchbus} not found; run \`make build\` first"
+[[ -x ${PLASMAVMC_BIN:-bin/plasmavmc} ]] || die "${PLASMAVMC_BIN:-bin/plasmavmc} not found; run \`make build\` first"
 scripts/docker-image.sh "$CHAINFIRE_IMAGE"
 
 compose=(docker-compose --project-name "$project" --file deploy/docker-compose.yml)
@@ -65,7 +70,7 @@ log "starting the cluster (project $project, image $CHAINFIRE_IMAGE)"
 "${compose[@]}" up -d --quiet-pull 2>&1 | sed 's/^/    /' >&2
 
 deadline=$((SECONDS + ready_timeout))
-for p in "${ports[@]}" "${iam_ports[@]}" "${watchbus_ports[@]}"; do
+for p in "${ports[@]}" "${iam_ports[@]}" "${watchbus_ports[@]}" "${plasmavmc_ports[@]}"; do
 	url="http://127.0.0.1:$p$ready_path"
 	until curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; do
 		((SECONDS < deadline)) || die "$url not ready after ${ready_timeout}s"
@@ -110,6 +115,14 @@ got=$(jq -r 'select(.key != null) | .value' <"$wb_out" 2>/dev/null | head -1)
 rm -f "$wb_out"
 [[ $got == "$value" ]] || die "subscription through wb2 did not deliver the put (got \"$got\")"
 log "put through cf1 delivered by a subscription through wb2"
+
+# PlasmaVMC: the controller answers its API (no agent in compose: no hosts, and an image
+# registration goes through to ChainFire).
+"${PLASMAVMC_BIN:-bin/plasmavmc}" image register smoke-kernel --endpoints "http://127.0.0.1:${plasmavmc_ports[0]}" \
+	--pool local --format kernel --path images/smoke-kernel >/dev/null || die "plasmavmc image register through pvmc1 failed"
+"${PLASMAVMC_BIN:-bin/plasmavmc}" image list --endpoints "http://127.0.0.1:${plasmavmc_ports[0]}" | grep -q smoke-kernel ||
+	die "plasmavmc image list through pvmc1 does not list smoke-kernel"
+log "PlasmaVMC controller pvmc1 ready; an image registered and listed through it"
 
 ok=1
 log "PASS"

@@ -10,9 +10,15 @@
 # with a development master key and bootstrap admin password generated once into
 # .dev/iam/, waits for its /readyz, prints the endpoints, an etcdctl example and how to
 # log in, then starts bin/watchbus (wb1 on 127.0.0.1:7002, --auth none: development
-# only) and waits for its /readyz, and then stays in the foreground. Ctrl-C (or SIGTERM) shuts everything down
-# gracefully and waits for it. Data survives a restart of the script; --fresh deletes it
-# first (the IAM secrets with it).
+# only) and waits for its /readyz, then starts the PlasmaVMC controller (bin/plasmavmc
+# server on 127.0.0.1:7003, --auth none: development only) and, when run as root, one
+# PlasmaVMC agent for this machine (bin/plasmavmc-agent, host "dev1", health on
+# 127.0.0.1:7004) over the libvirtd that `scripts/libvirt.sh start` runs, registers the
+# tiny guest (scripts/guest.sh) as the images tiny-kernel and tiny-initrd, and prints how
+# to boot it; then it stays in the foreground. Ctrl-C (or SIGTERM) shuts everything down
+# gracefully and waits for it (VMs keep running: stopping an agent never stops its VMs;
+# delete them with `bin/plasmavmc vm delete` first). Data survives a restart of the
+# script; --fresh deletes it first (the IAM secrets with it).
 #
 # Environment:
 #   CHAINFIRE_BIN    binary to run (default bin/chainfire; `make build` makes it)
@@ -21,6 +27,16 @@
 #   IAM_FLAGS        extra flags for the IAM replica
 #   WATCHBUS_BIN     WatchBus binary (default bin/watchbus); WATCHBUS_BIN=none skips it
 #   WATCHBUS_FLAGS   extra flags for the WatchBus replica
+#   PLASMAVMC_BIN    PlasmaVMC controller binary (default bin/plasmavmc); none skips
+#                    PlasmaVMC (controller and agent)
+#   PLASMAVMC_FLAGS  extra flags for the controller
+#   PLASMAVMC_AGENT_BIN    agent binary (default bin/plasmavmc-agent); none skips the agent
+#                          (it is skipped anyway when not run as root: libvirtd runs QEMU
+#                          as root in the lab)
+#   PLASMAVMC_AGENT_FLAGS  extra flags for the agent
+#   PLASMAVMC_LIBVIRT_HOST  empty (default): the system libvirtd (scripts/libvirt.sh start);
+#                          NAME: a fake host of its own (scripts/libvirt.sh host start NAME),
+#                          so the dev agent never sees domains other tools made
 #   DEV_DIR          data and log directory (default .dev)
 #   READY_PATH       readiness path (default /readyz)
 #   READY_TIMEOUT    seconds to wait for readiness (default 60)
@@ -40,6 +56,13 @@ iam_port=7001
 watchbus_bin=${WATCHBUS_BIN:-$root/bin/watchbus}
 read -r -a watchbus_flags <<<"${WATCHBUS_FLAGS:-}"
 watchbus_port=7002
+plasmavmc_bin=${PLASMAVMC_BIN:-$root/bin/plasmavmc}
+read -r -a plasmavmc_flags <<<"${PLASMAVMC_FLAGS:-}"
+plasmavmc_port=7003
+agent_bin=${PLASMAVMC_AGENT_BIN:-$root/bin/plasmavmc-agent}
+read -r -a agent_flags <<<"${PLASMAVMC_AGENT_FLAGS:-}"
+agent_port=7004
+libvirt_host=${PLASMAVMC_LIBVIRT_HOST:-}
 
 names=(cf1 cf2 cf3)
 client_ports=(2379 22379 32379)
@@ -77,12 +100,33 @@ if [[ $watchbus_bin == none ]]; then
 elif [[ ! -x $watchbus_bin ]]; then
 	die "$watchbus_bin not found; run \`make build\` first (or WATCHBUS_BIN=none to skip WatchBus)"
 fi
+with_plasmavmc=1
+if [[ $plasmavmc_bin == none ]]; then
+	with_plasmavmc=0
+elif [[ ! -x $plasmavmc_bin ]]; then
+	die "$plasmavmc_bin not found; run \`make build\` first (or PLASMAVMC_BIN=none to skip PlasmaVMC)"
+fi
+with_agent=$with_plasmavmc
+if ((with_agent)) && [[ $agent_bin == none ]]; then
+	with_agent=0
+elif ((with_agent)) && ((EUID != 0)); then
+	log "not root: the PlasmaVMC agent is skipped (the lab's libvirtd runs QEMU as root)"
+	with_agent=0
+elif ((with_agent)) && [[ ! -x $agent_bin ]]; then
+	die "$agent_bin not found; run \`make build\` first (or PLASMAVMC_AGENT_BIN=none to skip the agent)"
+fi
 ports=("${client_ports[@]}" "${peer_ports[@]}")
 if ((with_iam)); then
 	ports+=("$iam_port")
 fi
 if ((with_watchbus)); then
 	ports+=("$watchbus_port")
+fi
+if ((with_plasmavmc)); then
+	ports+=("$plasmavmc_port")
+fi
+if ((with_agent)); then
+	ports+=("$agent_port")
 fi
 
 # Refuse to start on ports somebody else holds (a system etcd listens on 2379).
@@ -263,6 +307,79 @@ if ((with_watchbus)); then
 	done
 fi
 
+# wait_ready NAME URL waits for URL to answer 200 (or a node to die, or the deadline).
+wait_ready() {
+	local name=$1 url=$2
+	until curl -fsS -m 2 -o /dev/null "$url" 2>/dev/null; do
+		if dead=$(dead_node); then
+			fail_with_log "$dead"
+		fi
+		if ((SECONDS >= deadline)); then
+			log "$url not ready after ${ready_timeout}s; last lines of $dev/$name.log:"
+			tail -n 40 "$dev/$name.log" >&2 || true
+			stop
+			exit 1
+		fi
+		sleep 0.3
+	done
+}
+
+# PlasmaVMC: the controller (one replica, --auth none: development only) and, as root, an
+# agent for this machine over the lab libvirtd, with the tiny guest registered as images.
+if ((with_plasmavmc)); then
+	echo "=== dev-cluster: starting pvmc1 at $(date -Is)" >>"$dev/pvmc1.log"
+	"$plasmavmc_bin" server \
+		--listen "127.0.0.1:$plasmavmc_port" \
+		--chainfire-endpoints "$endpoints" \
+		--auth none \
+		"${plasmavmc_flags[@]}" \
+		>>"$dev/pvmc1.log" 2>&1 &
+	pids+=("$!")
+	names+=(pvmc1)
+	plasmavmc_pid=$!
+	log "started pvmc1 (pid $!), log $dev/pvmc1.log"
+	wait_ready pvmc1 "http://127.0.0.1:$plasmavmc_port$ready_path"
+fi
+if ((with_agent)); then
+	pvm=$dev/plasmavmc
+	mkdir -p "$pvm/pools/local/images" "$pvm/state"
+	# The lab libvirtd (installs qemu and libvirt through scripts/deps.sh when missing) and
+	# the tiny guest (built once into bin/guest).
+	if [[ -n $libvirt_host ]]; then
+		"$root/scripts/libvirt.sh" host start "$libvirt_host" >/dev/null || die "scripts/libvirt.sh host start $libvirt_host failed"
+		libvirt_sock=${PLASMA_HOSTS:-/tmp/plasma-hosts}/$libvirt_host/run/libvirt-sock
+	else
+		"$root/scripts/libvirt.sh" start || die "scripts/libvirt.sh start failed"
+		libvirt_sock=/run/libvirt/libvirt-sock
+	fi
+	guest_dir=$("$root/scripts/guest.sh") || die "scripts/guest.sh failed"
+	# Registered images are immutable: copy only what is missing.
+	[[ -s $pvm/pools/local/images/tiny-kernel ]] || cp "$guest_dir/vmlinux" "$pvm/pools/local/images/tiny-kernel"
+	[[ -s $pvm/pools/local/images/tiny-initrd ]] || cp "$guest_dir/initrd.cpio.gz" "$pvm/pools/local/images/tiny-initrd"
+	echo "=== dev-cluster: starting agent dev1 at $(date -Is)" >>"$dev/pvmc-agent.log"
+	"$agent_bin" \
+		--host-name dev1 \
+		--listen "127.0.0.1:$agent_port" \
+		--chainfire-endpoints "$endpoints" \
+		--libvirt-socket "$libvirt_sock" \
+		--pool-local "$pvm/pools/local" \
+		--state-dir "$pvm/state" \
+		"${agent_flags[@]}" \
+		>>"$dev/pvmc-agent.log" 2>&1 &
+	pids+=("$!")
+	names+=(pvmc-agent)
+	agent_pid=$!
+	log "started PlasmaVMC agent dev1 (pid $!), log $dev/pvmc-agent.log"
+	wait_ready pvmc-agent "http://127.0.0.1:$agent_port$ready_path"
+	for img in "tiny-kernel kernel" "tiny-initrd initrd"; do
+		read -r name format <<<"$img"
+		"$plasmavmc_bin" image register "$name" --endpoints "http://127.0.0.1:$plasmavmc_port" \
+			--pool local --format "$format" --path "images/$name" >/dev/null ||
+			die "plasmavmc image register $name failed"
+	done
+	log "registered the tiny guest as images tiny-kernel and tiny-initrd (pool local)"
+fi
+
 cat <<EOF
 
 ChainFire dev cluster is up (data and logs in ${dev#"$root"/}/):
@@ -291,6 +408,29 @@ WatchBus is up: wb1  http://127.0.0.1:$watchbus_port  pid $watchbus_pid  (--auth
   bin/watchbus subscribe --prefix foo -o json      # then: etcdctl put foo bar
 
 EOF
+fi
+if ((with_plasmavmc)); then
+	cat <<EOF
+PlasmaVMC is up: pvmc1  http://127.0.0.1:$plasmavmc_port  pid $plasmavmc_pid  (--auth none: development only)
+EOF
+	if ((with_agent)); then
+		cat <<EOF
+  agent dev1 (pid $agent_pid, health http://127.0.0.1:$agent_port), libvirtd $libvirt_sock,
+  pool local ${pvm#"$root"/}/pools/local, serial logs ${pvm#"$root"/}/state/<vm id>/serial.log
+Boot the tiny guest (96 MiB; it prints a heartbeat on its serial console every second):
+  bin/plasmavmc vm create hello --project demo --memory 96 --kernel tiny-kernel --initrd tiny-initrd \\
+      --cmdline 'console=ttyS0 quiet'
+  bin/plasmavmc vm list                  # running once the first heartbeat arrived (~5 s under TCG)
+  bin/plasmavmc vm show ID -o json       # status: boot id, heartbeat, restarts
+  bin/plasmavmc vm reboot ID; bin/plasmavmc vm stop ID; bin/plasmavmc vm start ID
+  bin/plasmavmc vm delete ID             # destroys the domain and its disks
+  bin/plasmavmc host list
+
+EOF
+	else
+		echo "  (no agent: not root, or PLASMAVMC_AGENT_BIN=none; VMs stay PENDING)"
+		echo
+	fi
 fi
 echo "Ctrl-C stops everything (data is kept; --fresh starts over)."
 

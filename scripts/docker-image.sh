@@ -9,7 +9,10 @@
 #
 # The IAM image ($IAM_IMAGE or plasmacloud/iam:dev, from $IAM_BIN or bin/iam) is built
 # after it when that binary exists; IAM_IMAGE=none skips it. Likewise the WatchBus image
-# ($WATCHBUS_IMAGE or plasmacloud/watchbus:dev, from $WATCHBUS_BIN or bin/watchbus).
+# ($WATCHBUS_IMAGE or plasmacloud/watchbus:dev, from $WATCHBUS_BIN or bin/watchbus) and
+# the PlasmaVMC controller image ($PLASMAVMC_IMAGE or plasmacloud/plasmavmc:dev, from
+# $PLASMAVMC_BIN or bin/plasmavmc; the agent has no image: it runs on each hypervisor host
+# beside libvirtd).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +31,8 @@ iam_bin=${IAM_BIN:-$root/bin/iam}
 iam_image=${IAM_IMAGE:-plasmacloud/iam:dev}
 watchbus_bin=${WATCHBUS_BIN:-$root/bin/watchbus}
 watchbus_image=${WATCHBUS_IMAGE:-plasmacloud/watchbus:dev}
+plasmavmc_bin=${PLASMAVMC_BIN:-$root/bin/plasmavmc}
+plasmavmc_image=${PLASMAVMC_IMAGE:-plasmacloud/plasmavmc:dev}
 
 # static_or_die refuses a dynamically linked binary: it cannot run in scratch.
 static_or_die() {
@@ -77,4 +82,14 @@ if [[ $watchbus_image != none && -x $watchbus_bin ]]; then
 	build "$root/deploy/docker/Dockerfile.watchbus" "$watchbus_image" "$watchbus_ctx"
 elif [[ $watchbus_image != none ]]; then
 	echo "docker-image: $watchbus_bin not found; WatchBus image skipped (make build makes it)" >&2
+fi
+
+if [[ $plasmavmc_image != none && -x $plasmavmc_bin ]]; then
+	static_or_die "$plasmavmc_bin"
+	plasmavmc_ctx="$ctx/plasmavmc-context"
+	mkdir "$plasmavmc_ctx"
+	cp "$plasmavmc_bin" "$plasmavmc_ctx/plasmavmc"
+	build "$root/deploy/docker/Dockerfile.plasmavmc" "$plasmavmc_image" "$plasmavmc_ctx"
+elif [[ $plasmavmc_image != none ]]; then
+	echo "docker-image: $plasmavmc_bin not found; PlasmaVMC image skipped (make build makes it)" >&2
 fi
