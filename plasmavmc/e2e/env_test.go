@@ -528,5 +528,6 @@ var measureRE = regexp.MustCompile(`\s+`)
 
 // measure logs a figure in a greppable line (MEASURE what: value).
 func measure(t *testing.T, what string, v any) {
+	t.Helper()
 	t.Logf("MEASURE %s: %v", measureRE.ReplaceAllString(what, " "), v)
 }
