@@ -46,8 +46,9 @@ type Config struct {
 	// SubscriberQueue is how many revisions a subscriber may lag behind the head before
 	// it counts as slow (default 1024).
 	SubscriberQueue int
-	// SlowConsumerTimeout is how long a subscriber may stay at the queue bound before it
-	// is cut with ResourceExhausted (default 10 s).
+	// SlowConsumerTimeout is how long a subscriber may stay at the queue bound, or have
+	// one send blocked (it stopped reading and the HTTP/2 window and socket buffers are
+	// full), before it is cut with ResourceExhausted (default 10 s).
 	SlowConsumerTimeout time.Duration
 	// CutGrace is how long a cut subscriber's blocked send may take before its stream is
 	// aborted (default 2 s).

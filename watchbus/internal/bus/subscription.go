@@ -405,8 +405,8 @@ func (b *Bus) compacted(ctx context.Context, rev int64) error {
 }
 
 // sweep measures every window-mode subscriber's lag a few times a second and cuts the
-// ones that stayed at the queue bound for SlowConsumerTimeout, and the history-mode ones
-// whose send has been blocked that long.
+// ones that stayed at the queue bound for SlowConsumerTimeout, and any subscriber whose
+// current send has been blocked that long.
 func (b *Bus) sweep(ctx context.Context, w *Window) {
 	period := min(max(b.cfg.SlowConsumerTimeout/10, 50*time.Millisecond), time.Second)
 	t := time.NewTicker(period)
@@ -427,24 +427,28 @@ func (b *Bus) sweep(ctx context.Context, w *Window) {
 		now := b.cfg.Now()
 		maxLag := 0
 		for _, s := range subs {
-			switch s.mode.Load() {
-			case modeWindow:
-				lag := w.Lag(s.cursor.Load())
-				maxLag = max(maxLag, lag)
-				b.metrics.SubscriberLag.Observe(float64(lag))
-				if lag < b.cfg.SubscriberQueue {
-					s.overSince = time.Time{}
-					continue
-				}
-				if s.overSince.IsZero() {
-					s.overSince = now
-				} else if now.Sub(s.overSince) >= b.cfg.SlowConsumerTimeout {
-					s.cutNow("queue_full")
-				}
-			default:
-				if at := s.sendingAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) >= b.cfg.SlowConsumerTimeout {
-					s.cutNow("stalled_send")
-				}
+			// Any mode: one send blocked for the whole timeout means the subscriber has
+			// not opened its HTTP/2 window for that long (it stopped reading and every
+			// buffer between us is full), whatever its lag: at a low write rate the
+			// queue rule alone would take queue/rate to notice.
+			if at := s.sendingAt.Load(); at != 0 && now.Sub(time.Unix(0, at)) >= b.cfg.SlowConsumerTimeout {
+				s.cutNow("stalled_send")
+				continue
+			}
+			if s.mode.Load() != modeWindow {
+				continue
+			}
+			lag := w.Lag(s.cursor.Load())
+			maxLag = max(maxLag, lag)
+			b.metrics.SubscriberLag.Observe(float64(lag))
+			if lag < b.cfg.SubscriberQueue {
+				s.overSince = time.Time{}
+				continue
+			}
+			if s.overSince.IsZero() {
+				s.overSince = now
+			} else if now.Sub(s.overSince) >= b.cfg.SlowConsumerTimeout {
+				s.cutNow("queue_full")
 			}
 		}
 		b.metrics.MaxLag.Set(float64(maxLag))

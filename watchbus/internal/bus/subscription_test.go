@@ -178,6 +178,45 @@ func TestSlowSubscriberCut(t *testing.T) {
 // TestSubscribeFromNowAndBookmarks: start 0 begins with a bookmark at the head; an idle
 // subscriber gets bookmarks; events of other prefixes only advance the bookmark; txn
 // events arrive in one message; prev_kv only when asked.
+// TestStalledSendCut: a subscriber whose send blocks (its HTTP/2 window is full) is cut
+// after SlowConsumerTimeout even though few revisions arrive, so its lag never reaches
+// the queue bound; the resume revision is the one whose send blocked.
+func TestStalledSendCut(t *testing.T) {
+	t.Parallel()
+	b, src := startBus(t, Config{SubscriberQueue: 1 << 20, SlowConsumerTimeout: 300 * time.Millisecond, CutGrace: 100 * time.Millisecond})
+	unblock := make(chan struct{})
+	var once sync.Once
+	errc := make(chan error, 1)
+	go func() {
+		errc <- b.Subscribe(t.Context(), &watchbusv1.SubscribeRequest{Prefixes: [][]byte{[]byte("/a/")}, StartRevision: 2}, Stream{
+			Send: func(m *watchbusv1.SubscribeResponse) error {
+				if m.Revision < 3 {
+					return nil
+				}
+				<-unblock
+				return errors.New("write deadline exceeded")
+			},
+			Abort: func() { once.Do(func() { close(unblock) }) },
+		})
+	}()
+	start := time.Now()
+	for r := int64(2); r <= 4; r++ {
+		put(src, r, "/a/k")
+	}
+	select {
+	case err := <-errc:
+		var se *SlowConsumerError
+		if !errors.As(err, &se) || se.Resume != 3 || se.Reason != "stalled_send" {
+			t.Fatalf("ended with %v, want SlowConsumerError stalled_send resume 3", err)
+		}
+		if d := time.Since(start); d < 300*time.Millisecond {
+			t.Fatalf("cut after %s, before the timeout", d)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("stalled subscriber not cut")
+	}
+}
+
 func TestSubscribeFromNowAndBookmarks(t *testing.T) {
 	t.Parallel()
 	b, src := startBus(t, Config{})
