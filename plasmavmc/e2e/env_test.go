@@ -183,6 +183,8 @@ type envOptions struct {
 	cfSize      int
 	controllers int
 	ctrlArgs    []string // extra controller flags (IAM)
+	// deferControllers: the test starts them with startControllers (after IAM is up).
+	deferControllers bool
 }
 
 // newEnv starts ChainFire and the controllers and prepares the pool; agents come with
@@ -248,20 +250,31 @@ func newEnv(t *testing.T, o envOptions) *env {
 		t.Fatalf("qemu-img: %v\n%s", err, out)
 	}
 
-	ports, err := harness.FreePorts(o.controllers)
+	if !o.deferControllers {
+		e.startControllers(o.controllers, o.ctrlArgs)
+	}
+	return e
+}
+
+// startControllers starts n controllers (--auth none unless args are given) and waits
+// until they are ready.
+func (e *env) startControllers(n int, ctrlArgs []string) {
+	t := e.t
+	t.Helper()
+	ports, err := harness.FreePorts(n)
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.extra = o.ctrlArgs
-	for i := range o.controllers {
+	e.extra = ctrlArgs
+	for i := range n {
 		u := fmt.Sprintf("http://127.0.0.1:%d", ports[i])
 		args := []string{"server", "--listen", fmt.Sprintf("127.0.0.1:%d", ports[i]),
 			"--chainfire-endpoints", strings.Join(e.cf.Endpoints(), ","), "--leader-lease-ttl", "2s",
 			"--replica-id", fmt.Sprintf("pvmc%d", i+1)}
-		if len(o.ctrlArgs) == 0 {
+		if len(ctrlArgs) == 0 {
 			args = append(args, "--auth", "none")
 		}
-		args = append(args, o.ctrlArgs...)
+		args = append(args, ctrlArgs...)
 		p := harness.StartProcess(t, harness.ProcessConfig{Name: fmt.Sprintf("pvmc%d", i+1), Path: e.ctrlBin,
 			Args: args, ReadyURL: u + "/readyz"})
 		e.ctrls = append(e.ctrls, p)
@@ -270,7 +283,6 @@ func newEnv(t *testing.T, o envOptions) *env {
 	for _, p := range e.ctrls {
 		waitReady(t, p)
 	}
-	return e
 }
 
 func waitReady(t *testing.T, p *harness.Process) {
