@@ -1,0 +1,142 @@
+// Command plasmavmc-agent is PlasmaVMC's per-host agent: it registers the host, holds its
+// heartbeat lease in ChainFire, follows the VMs placed on it and runs them through libvirt.
+// `plasmavmc-agent` (or `plasmavmc-agent run`) runs it; it serves only /healthz, /readyz
+// and /metrics (default :7004).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	"plasmacloud.dev/pkg/auth"
+	"plasmacloud.dev/pkg/iamclient"
+	plasmaserver "plasmacloud.dev/pkg/server"
+	"plasmacloud.dev/plasmavmc/internal/agent"
+	"plasmacloud.dev/plasmavmc/internal/storage"
+)
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	root := runCommand("plasmavmc-agent")
+	root.SilenceUsage, root.SilenceErrors = true, true
+	root.AddCommand(runCommand("run"))
+	root.AddCommand(&cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) }})
+	if err := root.Execute(); err != nil {
+		fmt.Fprintln(os.Stderr, "Error:", err)
+		os.Exit(1)
+	}
+}
+
+// runCommand builds the command that runs the agent (the root command and `run` share
+// it). Every flag may also come from the environment as PLASMAVMC_AGENT_<FLAG>; the
+// endpoints also from PLASMA_CHAINFIRE_ENDPOINTS, PLASMA_WATCHBUS_ENDPOINTS and
+// PLASMA_IAM_ENDPOINTS. Command line > environment > --config file > default.
+func runCommand(use string) *cobra.Command {
+	host, _ := os.Hostname()
+	host = strings.ToLower(strings.SplitN(host, ".", 2)[0])
+	cfg := agent.Config{HostName: host, Listen: agent.DefaultListen}
+	var (
+		logFormat, logLevel, configFile string
+		poolLocal, poolShared           string
+		iamEndpoints                    []string
+		clientID, secretFile            string
+		labels                          map[string]string
+	)
+	cmd := &cobra.Command{
+		Use:   use,
+		Short: "Run the PlasmaVMC agent of this host",
+		Long: `Run the PlasmaVMC agent of this host: register the host (capacity, pools, labels) in
+ChainFire, hold its heartbeat lease (/plasmavmc/alive/<host>, TTL 10 s), follow the VMs
+assigned to it (over WatchBus when --watchbus-endpoints is given, else ChainFire directly)
+and converge them through libvirtd: define, start, stop, reboot, delete, restart after a
+crash by policy. Stopping the agent leaves the VMs running; the next agent re-adopts them.`,
+		Example: `  plasmavmc-agent --chainfire-endpoints http://10.0.0.1:2379 \
+    --watchbus-endpoints http://10.0.0.1:7002 --iam-endpoints http://10.0.0.1:7001 \
+    --client-id agent-node1 --client-secret-file /etc/plasmavmc/agent.secret \
+    --pool-local /var/lib/plasmavmc/pools/local --pool-shared /mnt/plasma-shared`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			env := plasmaserver.EnvNames("PLASMAVMC_AGENT", map[string][]string{
+				"chainfire-endpoints": {"PLASMA_CHAINFIRE_ENDPOINTS"},
+				"watchbus-endpoints":  {"PLASMA_WATCHBUS_ENDPOINTS"},
+				"iam-endpoints":       {"PLASMA_IAM_ENDPOINTS"},
+			})
+			if err := plasmaserver.ApplyEnvAndConfig(cmd.Flags(), configFile, env); err != nil {
+				return err
+			}
+			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Logger, cfg.Version, cfg.Labels = log, version, labels
+			cfg.Pools = map[string]string{}
+			if poolLocal != "" {
+				cfg.Pools[storage.PoolLocal] = poolLocal
+			}
+			if poolShared != "" {
+				cfg.Pools[storage.PoolShared] = poolShared
+			}
+			if (clientID == "") != (secretFile == "") {
+				return errors.New("--client-id and --client-secret-file go together")
+			}
+			if clientID != "" {
+				if len(iamEndpoints) == 0 {
+					return errors.New("--client-id needs --iam-endpoints (or PLASMA_IAM_ENDPOINTS)")
+				}
+				b, err := os.ReadFile(secretFile)
+				if err != nil {
+					return fmt.Errorf("--client-secret-file: %w", err)
+				}
+				ic, err := iamclient.New(iamclient.Config{Endpoints: iamEndpoints, Logger: log.With("component", "iamclient")})
+				if err != nil {
+					return err
+				}
+				defer ic.Close()
+				ts, err := ic.NewTokenSource(iamclient.TokenSourceConfig{ClientID: clientID,
+					ClientSecret: strings.TrimRight(string(b), "\r\n"), Logger: log.With("component", "token")})
+				if err != nil {
+					return err
+				}
+				defer ts.Close()
+				cfg.WatchBusOptions = append(cfg.WatchBusOptions, connect.WithInterceptors(auth.BearerInterceptor(ts.Token)))
+			} else if len(cfg.WatchBusEndpoints) > 0 {
+				log.Warn("no service-account credentials (--client-id): WatchBus is called without a token (works only with WatchBus --auth none)")
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return agent.Run(ctx, cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT of /healthz, /readyz and /metrics")
+	f.StringVar(&cfg.HostName, "host-name", cfg.HostName, "this host's name in PlasmaVMC (default: the hostname)")
+	f.StringSliceVar(&cfg.ChainFireEndpoints, "chainfire-endpoints", nil, "ChainFire client URLs (env PLASMA_CHAINFIRE_ENDPOINTS)")
+	f.StringSliceVar(&cfg.WatchBusEndpoints, "watchbus-endpoints", nil, "WatchBus URLs for the watch of assigned VMs (env PLASMA_WATCHBUS_ENDPOINTS; default: watch ChainFire directly)")
+	f.StringSliceVar(&iamEndpoints, "iam-endpoints", nil, "IAM URLs, for the service account's tokens (env PLASMA_IAM_ENDPOINTS)")
+	f.StringVar(&clientID, "client-id", "", "service account the agent authenticates to WatchBus as")
+	f.StringVar(&secretFile, "client-secret-file", "", "file holding the service account's secret")
+	f.StringVar(&cfg.LibvirtSocket, "libvirt-socket", "/run/libvirt/libvirt-sock", "libvirtd's unix socket")
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/plasmavmc/state", "per-VM files: serial logs, heartbeat sockets (absolute, short)")
+	f.StringVar(&poolLocal, "pool-local", "/var/lib/plasmavmc/pools/local", "directory of the local storage pool (empty: none)")
+	f.StringVar(&poolShared, "pool-shared", "", "directory of the shared storage pool, mounted on every host (empty: none)")
+	f.Int32Var(&cfg.CapacityVCPUs, "capacity-vcpus", 0, "vCPUs the scheduler may place here (0: the host's CPUs)")
+	f.Int64Var(&cfg.CapacityMemoryMiB, "capacity-memory-mib", 0, "memory in MiB the scheduler may place here (0: the host's memory)")
+	f.StringToStringVar(&labels, "labels", nil, "host labels, key=value,key=value")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", agent.DefaultLeaseTTL, "TTL of the heartbeat lease")
+	f.DurationVar(&cfg.StopTimeout, "stop-timeout", agent.DefaultStopTimeout, "ACPI shutdown timeout before forcing, when the VM record names none")
+	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and PLASMAVMC_AGENT_* environment variables win")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
