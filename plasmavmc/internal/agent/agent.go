@@ -255,7 +255,7 @@ func (a *agent) followEvents(ctx context.Context, events <-chan driver.Event) {
 	for ev := range events {
 		switch ev.Type {
 		case driver.EventReconnected, driver.EventResync:
-			a.log.Info("driver "+string(ev.Type)+": relisting domains")
+			a.log.Info("driver " + string(ev.Type) + ": relisting domains")
 			a.sweep(ctx)
 			for _, w := range a.workerList() {
 				w.poke()
