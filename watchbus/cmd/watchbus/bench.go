@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -19,6 +21,8 @@ import (
 
 	"plasmacloud.dev/pkg/chainfire"
 	"plasmacloud.dev/pkg/resilience"
+	"plasmacloud.dev/proto/etcdserverpb"
+	"plasmacloud.dev/proto/etcdserverpb/etcdserverpbconnect"
 	watchbusv1 "plasmacloud.dev/proto/watchbus/v1"
 	"plasmacloud.dev/proto/watchbus/v1/watchbusv1connect"
 )
@@ -32,6 +36,7 @@ type benchConfig struct {
 	duration    time.Duration
 	prefix      string
 	modes       []string
+	runs        int
 	token       string
 	wbMetrics   string // /metrics URL of the replica (memory)
 	cfMetrics   string // /metrics URL of the ChainFire member watched directly
@@ -47,10 +52,17 @@ func benchCommand() *cobra.Command {
 		Short: "Measure put → event latency and memory per subscriber, through WatchBus and directly on ChainFire",
 		Long: `Open --subscribers subscriptions on one WatchBus replica (all on one prefix), put
 --rate keys per second into ChainFire for --duration, and measure for every delivered
-event the latency from just before the put to its arrival (p50, p99, max), then the
-same with the same number of watches opened directly on ChainFire, in the same run.
-Memory per subscriber is the growth of the server's resident set (its /metrics
-process_resident_memory_bytes) and of this process's Go heap divided by the count.`,
+event the latency from just before the put to its arrival (p50, p99, max); then the
+same with the same number of watches opened directly on the first ChainFire endpoint,
+in the same run, with the same client machinery (one HTTP/2 client per mode, one gRPC
+stream per subscriber). --runs repeats both, alternating.
+
+Columns: delivered/expected (events; INCOMPLETE when some had not arrived 5 s after
+the last put), put p50 (the put's own round trip, part of every latency), srv CPU/s
+(CPU seconds per second of the server processes doing the work: WatchBus + ChainFire,
+or ChainFire alone), client CPU/s (this process), memory per subscriber: growth of the
+server's Go heap in use + stacks (its /metrics) and of this process's, divided by the
+count, measured 1 s after the last subscription opened.`,
 		Example: `  watchbus bench --endpoints http://127.0.0.1:7002 --chainfire-endpoints http://127.0.0.1:2379 \
     --subscribers 10000 --rate 20 --duration 20s`,
 		Args: cobra.NoArgs,
@@ -80,6 +92,7 @@ process_resident_memory_bytes) and of this process's Go heap divided by the coun
 	f.IntVar(&cfg.rate, "rate", 20, "puts per second")
 	f.DurationVar(&cfg.duration, "duration", 15*time.Second, "measurement time per mode")
 	f.StringVar(&cfg.prefix, "prefix", "/bench/watchbus/", "key prefix written and watched")
+	f.IntVar(&cfg.runs, "runs", 1, "repeat every mode this many times, alternating (noisy machines: report the range)")
 	f.StringSliceVar(&cfg.modes, "modes", []string{"watchbus", "chainfire"}, "what to measure: watchbus, chainfire")
 	f.StringVar(&cfg.wbMetrics, "watchbus-metrics", "", "WatchBus /metrics URL (default: the endpoint's)")
 	f.StringVar(&cfg.cfMetrics, "chainfire-metrics", "", "ChainFire /metrics URL (default: the first endpoint's)")
@@ -90,82 +103,146 @@ process_resident_memory_bytes) and of this process's Go heap divided by the coun
 // subscribed and got for every event value received.
 type subscriberFunc func(ctx context.Context, ready func(), got func(value []byte)) error
 
+// benchTarget is one side of the comparison: how a subscriber subscribes, and the
+// /metrics URLs of the server processes that do the work for it (their CPU time and
+// resident memory are measured).
+type benchTarget struct {
+	sub     subscriberFunc
+	memURL  string   // the server whose memory grows with the subscribers
+	cpuURLs []string // every server process that works for the subscribers
+	close   func()
+}
+
 func runBench(ctx context.Context, cfg benchConfig, out io.Writer) error {
+	raiseNoFile(out)
 	cf, err := chainfire.New(chainfire.Config{Endpoints: cfg.chainfire, RequestTimeout: 5 * time.Second})
 	if err != nil {
 		return err
 	}
 	defer cf.Close()
-	fmt.Fprintf(out, "watchbus bench: %d subscribers on %q, %d puts/s for %s, GOMAXPROCS %d\n",
-		cfg.subscribers, cfg.prefix, cfg.rate, cfg.duration, runtime.GOMAXPROCS(0))
-	fmt.Fprintf(out, "%-10s %8s %10s %10s %10s %10s %12s %14s %14s\n", "mode", "puts", "delivered", "p50", "p99", "max", "subscribe", "server B/sub", "client B/sub")
-	for _, mode := range cfg.modes {
-		var (
-			sub     subscriberFunc
-			metrics string
-		)
-		switch mode {
-		case "watchbus":
-			hc := resilience.NewHTTPClient(resilience.TransportOptions{})
-			client := watchbusv1connect.NewWatchBusServiceClient(hc, cfg.watchbus, connect.WithGRPC(), connect.WithInterceptors(bearer(cfg.token)))
-			metrics = cfg.wbMetrics
-			sub = func(ctx context.Context, ready func(), got func([]byte)) error {
-				st, err := client.Subscribe(ctx, connect.NewRequest(&watchbusv1.SubscribeRequest{Prefixes: [][]byte{[]byte(cfg.prefix)}}))
-				if err != nil {
-					return err
-				}
-				defer st.Close()
-				first := true
-				for st.Receive() {
-					if first { // the "from now" bookmark: subscribed
-						first = false
-						ready()
-					}
-					for _, ev := range st.Msg().Events {
-						got(ev.Kv.Value)
-					}
-				}
-				return st.Err()
-			}
-		case "chainfire":
-			// One client (one pooled connection per member), as a single process would;
-			// every watch is its own stream, as it would be without WatchBus.
-			wcf, err := chainfire.New(chainfire.Config{Endpoints: cfg.chainfire[:1]})
+	fmt.Fprintf(out, "watchbus bench: %d subscribers on %q, %d puts/s for %s, %d run(s), GOMAXPROCS %d, NumCPU %d\n",
+		cfg.subscribers, cfg.prefix, cfg.rate, cfg.duration, cfg.runs, runtime.GOMAXPROCS(0), runtime.NumCPU())
+	fmt.Fprintf(out, "%-4s %-10s %6s %21s %9s %9s %9s %9s %9s %10s %11s %11s %12s %12s\n", "run", "mode", "puts",
+		"delivered/expected", "put p50", "p50", "p99", "max", "subscribe", "srv CPU/s", "client CPU/s",
+		"srv B/sub", "client B/sub", "")
+	for run := 1; run <= cfg.runs; run++ {
+		for _, mode := range cfg.modes {
+			t, err := benchTargetFor(cfg, mode)
 			if err != nil {
 				return err
 			}
-			defer wcf.Close()
-			metrics = cfg.cfMetrics
-			sub = func(ctx context.Context, ready func(), got func([]byte)) error {
-				for r := range wcf.Watch(ctx, cfg.prefix, chainfire.WithPrefix(), chainfire.WithCreatedNotify()) {
-					if r.Created {
-						ready()
-					}
-					for _, ev := range r.Events {
-						got(ev.Kv.Value)
-					}
-				}
-				return nil
+			err = benchMode(ctx, cfg, cf, run, mode, t, out)
+			t.close()
+			if err != nil {
+				return fmt.Errorf("run %d %s: %w", run, mode, err)
 			}
-		default:
-			return fmt.Errorf("--modes: unknown mode %q", mode)
-		}
-		if err := benchMode(ctx, cfg, cf, mode, metrics, sub, out); err != nil {
-			return fmt.Errorf("%s: %w", mode, err)
+			time.Sleep(2 * time.Second) // let both sides tear the streams down before the next memory baseline
 		}
 	}
 	return nil
 }
 
-func benchMode(ctx context.Context, cfg benchConfig, cf *chainfire.Client, mode, metricsURL string, sub subscriberFunc, out io.Writer) error {
+// benchTargetFor builds the subscribers of one mode. Both modes use the same client
+// machinery — one fresh resilience.NewHTTPClient (HTTP/2, a new connection per 250
+// streams as the servers allow), one Connect gRPC stream per subscriber, the decoded
+// message read on the subscriber's goroutine — so that the comparison is of the servers:
+// WatchBus's Subscribe against ChainFire's own Watch, one watch per stream (what N
+// processes each watching ChainFire would cost it).
+func benchTargetFor(cfg benchConfig, mode string) (benchTarget, error) {
+	hc := resilience.NewHTTPClient(resilience.TransportOptions{})
+	t := benchTarget{close: hc.CloseIdleConnections}
+	switch mode {
+	case "watchbus":
+		client := watchbusv1connect.NewWatchBusServiceClient(hc, cfg.watchbus, connect.WithGRPC(), connect.WithInterceptors(bearer(cfg.token)))
+		t.memURL, t.cpuURLs = cfg.wbMetrics, []string{cfg.wbMetrics, cfg.cfMetrics}
+		t.sub = func(ctx context.Context, ready func(), got func([]byte)) error {
+			st, err := client.Subscribe(ctx, connect.NewRequest(&watchbusv1.SubscribeRequest{Prefixes: [][]byte{[]byte(cfg.prefix)}}))
+			if err != nil {
+				return err
+			}
+			defer st.Close()
+			first := true
+			for st.Receive() {
+				if first { // the "from now" bookmark: subscribed
+					first = false
+					ready()
+				}
+				for _, ev := range st.Msg().Events {
+					got(ev.Kv.Value)
+				}
+			}
+			return st.Err()
+		}
+	case "chainfire":
+		u := cfg.chainfire[0]
+		if !strings.Contains(u, "://") {
+			u = "http://" + u
+		}
+		client := etcdserverpbconnect.NewWatchClient(hc, u, connect.WithGRPC())
+		t.memURL, t.cpuURLs = cfg.cfMetrics, []string{cfg.cfMetrics}
+		end := chainfire.PrefixEnd([]byte(cfg.prefix))
+		t.sub = func(ctx context.Context, ready func(), got func([]byte)) error {
+			st := client.Watch(ctx)
+			defer st.CloseResponse()
+			// A canceled context does not wake a bidi Receive; closing the request side
+			// makes ChainFire end the stream (as pkg/chainfire does).
+			defer context.AfterFunc(ctx, func() { _ = st.CloseRequest() })()
+			if err := st.Send(&etcdserverpb.WatchRequest{RequestUnion: &etcdserverpb.WatchRequest_CreateRequest{
+				CreateRequest: &etcdserverpb.WatchCreateRequest{Key: []byte(cfg.prefix), RangeEnd: end}}}); err != nil {
+				return err
+			}
+			for {
+				r, err := st.Receive()
+				if err != nil {
+					if errors.Is(err, io.EOF) {
+						return nil
+					}
+					return err
+				}
+				if r.Created {
+					ready()
+				}
+				if r.Canceled {
+					return fmt.Errorf("watch canceled: %s", r.CancelReason)
+				}
+				for _, ev := range r.Events {
+					got(ev.Kv.Value)
+				}
+			}
+		}
+	default:
+		return t, fmt.Errorf("--modes: unknown mode %q", mode)
+	}
+	return t, nil
+}
+
+// latencyShards is how many histograms the subscribers record into (subscriber i into
+// shard i % latencyShards), so that recording rarely contends and the histograms'
+// memory does not grow with the subscribers.
+const latencyShards = 64
+
+type shard struct {
+	mu sync.Mutex
+	h  *hdrhistogram.Histogram
+}
+
+func newHist() *hdrhistogram.Histogram {
+	return hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3)
+}
+
+func benchMode(ctx context.Context, cfg benchConfig, cf *chainfire.Client, run int, mode string, t benchTarget, out io.Writer) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	shards := make([]shard, latencyShards)
+	for i := range shards {
+		shards[i].h = newHist()
+	}
+	putHist := newHist()
 	runtime.GC()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
-	rss0 := scrapeRSS(metricsURL)
+	mem0 := serverMem(t.memURL)
 
-	hists := make([]*hdrhistogram.Histogram, cfg.subscribers)
 	var (
 		wg, readyWG sync.WaitGroup
 		failed      atomic.Int64
@@ -175,18 +252,20 @@ func benchMode(ctx context.Context, cfg benchConfig, cf *chainfire.Client, mode,
 	start := time.Now()
 	readyWG.Add(cfg.subscribers)
 	for i := range cfg.subscribers {
-		h := hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3)
-		hists[i] = h
+		sh := &shards[i%latencyShards]
 		wg.Go(func() {
 			var once sync.Once
 			done := func() { once.Do(readyWG.Done) }
 			defer done()
-			err := sub(ctx, done, func(v []byte) {
+			err := t.sub(ctx, done, func(v []byte) {
 				ns, err := strconv.ParseInt(string(v), 10, 64)
 				if err != nil {
 					return
 				}
-				_ = h.RecordValue(max(1, time.Since(time.Unix(0, ns)).Microseconds()))
+				d := max(1, time.Since(time.Unix(0, ns)).Microseconds())
+				sh.mu.Lock()
+				_ = sh.h.RecordValue(d)
+				sh.mu.Unlock()
 				delivered.Add(1)
 			})
 			if err != nil && ctx.Err() == nil {
@@ -206,9 +285,10 @@ func benchMode(ctx context.Context, cfg benchConfig, cf *chainfire.Client, mode,
 	time.Sleep(time.Second)
 	runtime.GC()
 	runtime.ReadMemStats(&ms1)
-	rss1 := scrapeRSS(metricsURL)
+	mem1 := serverMem(t.memURL)
 
-	// Writer: rate puts per second, value = send time in unix nanos.
+	// Writer: rate puts per second, value = the time just before the put, in unix nanos.
+	srvCPU0, cliCPU0, wall0 := cpuSeconds(t.cpuURLs), selfCPU(), time.Now()
 	tick := time.NewTicker(time.Second / time.Duration(cfg.rate))
 	end := time.After(cfg.duration)
 	puts := 0
@@ -221,37 +301,96 @@ loop:
 			break loop
 		case <-tick.C:
 			key := fmt.Sprintf("%s%08d", cfg.prefix, puts%1000)
-			if _, err := cf.Put(ctx, key, strconv.FormatInt(time.Now().UnixNano(), 10)); err != nil {
+			t0 := time.Now()
+			if _, err := cf.Put(ctx, key, strconv.FormatInt(t0.UnixNano(), 10)); err != nil {
 				return err
 			}
+			_ = putHist.RecordValue(max(1, time.Since(t0).Microseconds()))
 			puts++
 		}
 	}
 	tick.Stop()
-	time.Sleep(2 * time.Second) // let the tail arrive
+	srvCPU := (cpuSeconds(t.cpuURLs) - srvCPU0) / time.Since(wall0).Seconds()
+	cliCPU := (selfCPU() - cliCPU0) / time.Since(wall0).Seconds()
+	// Let the tail arrive: wait until everything is delivered, at most 5 s.
+	want := int64(puts) * int64(cfg.subscribers)
+	for deadline := time.Now().Add(5 * time.Second); delivered.Load() < want && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
 	cancel()
 	wg.Wait()
-	total := hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3)
-	for _, h := range hists {
-		total.Merge(h)
+	total := newHist()
+	for i := range shards {
+		total.Merge(shards[i].h)
 	}
-	us := func(q float64) time.Duration { return time.Duration(total.ValueAtQuantile(q)) * time.Microsecond }
+	us := func(h *hdrhistogram.Histogram, q float64) string {
+		return (time.Duration(h.ValueAtQuantile(q)) * time.Microsecond).Round(10 * time.Microsecond).String()
+	}
 	serverPer := "n/a"
-	if rss0 > 0 && rss1 > 0 {
-		serverPer = strconv.FormatInt((rss1-rss0)/int64(cfg.subscribers), 10)
+	if mem0 > 0 && mem1 > 0 {
+		serverPer = strconv.FormatInt(int64(mem1-mem0)/int64(cfg.subscribers), 10)
 	}
 	clientPer := (int64(ms1.HeapInuse) + int64(ms1.StackInuse) - int64(ms0.HeapInuse) - int64(ms0.StackInuse)) / int64(cfg.subscribers)
-	fmt.Fprintf(out, "%-10s %8d %10d %10s %10s %10s %12s %14s %14d\n", mode, puts, delivered.Load(),
-		us(50).Round(10*time.Microsecond), us(99).Round(10*time.Microsecond), time.Duration(total.Max()*1000).Round(10*time.Microsecond),
-		subscribeTime.Round(time.Millisecond), serverPer, clientPer)
-	if want := int64(puts) * int64(cfg.subscribers); delivered.Load() != want {
-		fmt.Fprintf(out, "%-10s WARNING: delivered %d events, expected %d\n", mode, delivered.Load(), want)
+	note := ""
+	if delivered.Load() != want {
+		note = "INCOMPLETE"
 	}
+	fmt.Fprintf(out, "%-4d %-10s %6d %21s %9s %9s %9s %9s %9s %10.2f %11.2f %11s %12d %12s\n", run, mode, puts,
+		fmt.Sprintf("%d/%d", delivered.Load(), want), us(putHist, 50), us(total, 50), us(total, 99),
+		(time.Duration(total.Max()) * time.Microsecond).Round(10*time.Microsecond),
+		subscribeTime.Round(time.Millisecond), srvCPU, cliCPU, serverPer, clientPer, note)
 	return nil
 }
 
-// scrapeRSS reads process_resident_memory_bytes from a /metrics URL (0 if unavailable).
-func scrapeRSS(url string) int64 {
+// raiseNoFile lifts the soft open-files limit to the hard one: 10,000 subscribers need
+// a few hundred connections here and as many streams' worth of descriptors on the
+// servers' side. (The Go runtime does this too since 1.19; this says so when it is low.)
+func raiseNoFile(out io.Writer) {
+	var l syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l); err != nil {
+		return
+	}
+	if l.Cur < l.Max {
+		l.Cur = l.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+	if l.Cur < 4096 {
+		fmt.Fprintf(out, "warning: open files limit %d is low; raise ulimit -n\n", l.Cur)
+	}
+}
+
+// serverMem is a server's Go heap in use plus goroutine stacks, from its /metrics (0 if
+// unavailable). Unlike the resident set it shrinks when streams go away, so successive
+// runs in one process measure their own growth (it includes garbage not yet collected).
+func serverMem(url string) float64 {
+	h := scrapeMetric(url, "go_memstats_heap_inuse_bytes")
+	st := scrapeMetric(url, "go_memstats_stack_inuse_bytes")
+	if h == 0 {
+		return 0
+	}
+	return h + st
+}
+
+// selfCPU is this process's user+system CPU time in seconds.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
+}
+
+// cpuSeconds sums process_cpu_seconds_total over /metrics URLs.
+func cpuSeconds(urls []string) float64 {
+	var sum float64
+	for _, u := range urls {
+		sum += scrapeMetric(u, "process_cpu_seconds_total")
+	}
+	return sum
+}
+
+// scrapeMetric reads an unlabelled metric from a /metrics URL (0 if unavailable).
+func scrapeMetric(url, name string) float64 {
 	if url == "" {
 		return 0
 	}
@@ -261,12 +400,12 @@ func scrapeRSS(url string) int64 {
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if v, ok := strings.CutPrefix(line, "process_resident_memory_bytes "); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
 			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
 			if err == nil {
-				return int64(f)
+				return f
 			}
 		}
 	}

@@ -25,6 +25,7 @@ import (
 	"plasmacloud.dev/pkg/chainfiretest"
 	"plasmacloud.dev/pkg/harness"
 	"plasmacloud.dev/pkg/resilience"
+	"plasmacloud.dev/pkg/resilience/chainfiresource"
 	"plasmacloud.dev/proto/mvccpb"
 	watchbusv1 "plasmacloud.dev/proto/watchbus/v1"
 	"plasmacloud.dev/proto/watchbus/v1/watchbusv1connect"
@@ -624,4 +625,226 @@ func metric(t *testing.T, url, name string) float64 {
 		}
 	}
 	return sum
+}
+
+// TestReplicaKilledClientLibrary is TestReplicaKilled through the client library every
+// service uses: pkg/resilience.Subscribe with both replicas as endpoints. The replica it
+// is on is SIGKILLed under a steady write load; the delivered sequence equals ChainFire's
+// history for the prefix: no gap, no duplicate.
+func TestReplicaKilledClientLibrary(t *testing.T) {
+	cfc := chainfiretest.Start(t, 1, chainfiretest.Options{})
+	cf := newCF(t, cfc.Endpoints())
+	wb1 := startWatchbus(t, "wb1", cfc.Endpoints())
+	wb2 := startWatchbus(t, "wb2", cfc.Endpoints())
+	start, err := cf.Get(context.Background(), "\x00", chainfire.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	from := start.Header.Revision + 1
+	w := startWriter(cf, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		got   []flatEvent
+		until atomic.Int64
+		stats resilience.SubscriberStats
+	)
+	done := errors.New("reached the last write")
+	errc := make(chan error, 1)
+	go func() {
+		errc <- resilience.Subscribe(ctx, resilience.SubscriberConfig{
+			Endpoints:     []string{wb1.url, wb2.url},
+			ClientOptions: []connect.ClientOption{connect.WithGRPC()},
+			Prefixes:      prefixes("/load/"),
+			StartRevision: from,
+			Backoff:       resilience.Policy{InitialInterval: 50 * time.Millisecond, MaxInterval: 500 * time.Millisecond},
+			Stats:         &stats,
+		}, func(_ context.Context, b resilience.Batch) error {
+			mu.Lock()
+			for _, e := range b.Events {
+				got = append(got, flatEvent{b.Revision, e.Type, string(e.Kv.Key), string(e.Kv.Value)})
+			}
+			mu.Unlock()
+			if u := until.Load(); u > 0 && b.Revision >= u {
+				return done
+			}
+			return nil
+		})
+	}()
+	time.Sleep(1500 * time.Millisecond)
+	mu.Lock()
+	before := len(got)
+	mu.Unlock()
+	if before == 0 {
+		t.Fatal("nothing delivered before the kill")
+	}
+	if err := wb1.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond)
+	last := w.Stop()
+	until.Store(last)
+	// A put after the last one makes sure a delivery reaches the handler past `last`
+	// even if the stream was idle at the moment until was set.
+	if _, err := cf.Put(ctx, "/load/zz-end", "end"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; !errors.Is(err, done) {
+		t.Fatalf("Subscribe ended with %v", err)
+	}
+	if stats.Resumes.Load() < 1 || stats.SequenceGaps.Load() != 0 {
+		t.Fatalf("resumes %d, sequence gaps %d; want a resume and no gap", stats.Resumes.Load(), stats.SequenceGaps.Load())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := chainfireHistory(t, cf, "/load/", from, last)
+	if len(got) > len(want) && got[len(got)-1].key == "/load/zz-end" {
+		got = got[:len(got)-1]
+	}
+	equalHistory(t, got, want)
+	t.Logf("%d events (%d before the kill), %d resumes, %d duplicates dropped, writer errors %d",
+		len(got), before, stats.Resumes.Load(), stats.Duplicates.Load(), w.errs.Load())
+}
+
+// TestInformerRelistAfterCompaction: an Informer (chainfiresource.Lister + WatchBusWatcher)
+// follows a prefix through a real replica. The replica is SIGKILLed; meanwhile keys are
+// updated, deleted, added (one added and deleted again) and ChainFire is compacted past
+// the informer's revision. Once the replica is back, the resume is answered with
+// Compacted, the informer relists, its cache equals ChainFire's range (key, value,
+// mod_revision), and the handlers saw exactly the difference.
+func TestInformerRelistAfterCompaction(t *testing.T) {
+	cfc := chainfiretest.Start(t, 1, chainfiretest.Options{})
+	cf := newCF(t, cfc.Endpoints())
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, k := range []string{"a", "b", "c", "d", "e"} {
+		if _, err := cf.Put(ctx, "/inf/"+k, "v1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wb := startWatchbus(t, "wb1", cfc.Endpoints())
+
+	var (
+		mu  sync.Mutex
+		log []string
+	)
+	record := func(s string) { mu.Lock(); log = append(log, s); mu.Unlock() }
+	inf, err := resilience.NewInformer(resilience.InformerConfig[*mvccpb.KeyValue]{
+		Lister: chainfiresource.Lister{Client: cf},
+		Watcher: resilience.WatchBusWatcher(resilience.SubscriberConfig{
+			Endpoints:        []string{wb.url},
+			ClientOptions:    []connect.ClientOption{connect.WithGRPC()},
+			BookmarkInterval: 200 * time.Millisecond,
+			Backoff:          resilience.Policy{InitialInterval: 50 * time.Millisecond, MaxInterval: 300 * time.Millisecond},
+		}),
+		Prefix: []byte("/inf/"),
+		Handlers: resilience.InformerHandlers[*mvccpb.KeyValue]{
+			OnAdd:    func(k string, kv *mvccpb.KeyValue) { record("add " + k + "=" + string(kv.Value)) },
+			OnUpdate: func(k string, _, kv *mvccpb.KeyValue) { record("update " + k + "=" + string(kv.Value)) },
+			OnDelete: func(k string, _ *mvccpb.KeyValue) { record("delete " + k) },
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runErr := make(chan error, 1)
+	go func() { runErr <- inf.Run(ctx) }()
+	if err := inf.WaitForSync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The watch is live: a change arrives through WatchBus.
+	pr, err := cf.Put(ctx, "/inf/f", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the informer to see /inf/f", func() bool { return inf.Revision() >= pr.Header.Revision })
+	infRev := inf.Revision()
+	mu.Lock()
+	log = nil
+	mu.Unlock()
+
+	if err := wb.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []struct {
+		put      bool
+		key, val string
+	}{
+		{true, "/inf/a", "v2"}, {false, "/inf/b", ""}, {true, "/inf/g", "v1"}, {true, "/inf/c", "v2"},
+		{true, "/inf/c", "v3"}, {true, "/inf/h", "v1"}, {false, "/inf/h", ""}, {true, "/other/x", "v1"},
+	} {
+		var err error
+		if op.put {
+			_, err = cf.Put(ctx, op.key, op.val)
+		} else {
+			_, err = cf.Delete(ctx, op.key)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	head, err := cf.Get(ctx, "\x00", chainfire.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	compactRev := head.Header.Revision
+	if _, err := cf.Compact(ctx, compactRev); err != nil {
+		t.Fatal(err)
+	}
+	if compactRev <= infRev {
+		t.Fatalf("compaction %d not past the informer's revision %d", compactRev, infRev)
+	}
+	if err := wb.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := wb.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "a relist", func() bool { return inf.Relists() >= 1 && inf.Revision() >= compactRev })
+
+	// The cache equals ChainFire's range.
+	rr, err := cf.Get(ctx, "/inf/", chainfire.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want, gotKVs []string
+	for _, kv := range rr.Kvs {
+		want = append(want, fmt.Sprintf("%s=%s@%d", kv.Key, kv.Value, kv.ModRevision))
+	}
+	for _, kv := range inf.List() {
+		gotKVs = append(gotKVs, fmt.Sprintf("%s=%s@%d", kv.Key, kv.Value, kv.ModRevision))
+	}
+	if !slices.Equal(gotKVs, want) {
+		t.Fatalf("informer cache %v, ChainFire has %v", gotKVs, want)
+	}
+	// The handlers saw exactly the difference (in key order), nothing for /inf/h.
+	mu.Lock()
+	gotLog := slices.Clone(log)
+	mu.Unlock()
+	wantLog := []string{"update /inf/a=v2", "delete /inf/b", "update /inf/c=v3", "add /inf/g=v1"}
+	if !slices.Equal(gotLog, wantLog) {
+		t.Fatalf("handlers saw %v, want %v", gotLog, wantLog)
+	}
+	// And it keeps following through the replica after the relist.
+	pr, err = cf.Put(ctx, "/inf/i", "v1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, ctx, "the informer to see /inf/i", func() bool { _, ok := inf.Get("/inf/i"); return ok })
+	cancel()
+	if err := <-runErr; !errors.Is(err, context.Canceled) {
+		t.Fatalf("informer Run: %v", err)
+	}
+	t.Logf("relists %d; informer revision %d before the kill, compaction at %d", inf.Relists(), infRev, compactRev)
+}
+
+func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		if ctx.Err() != nil {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
