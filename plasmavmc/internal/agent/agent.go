@@ -39,6 +39,11 @@ type agent struct {
 	m      *metrics
 	inf    *resilience.Informer[*pb.VM]
 
+	// drvReady and infReady publish drv and inf to the HTTP handlers (readiness,
+	// metrics), which run while Run is still setting them up.
+	drvReady atomic.Pointer[driver.Libvirt]
+	infReady atomic.Pointer[resilience.Informer[*pb.VM]]
+
 	// leaseValidUntil is when the heartbeat lease expires unless renewed (unix ns); the
 	// HA issue's self-fence reads it.
 	leaseValidUntil atomic.Int64
@@ -104,10 +109,12 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("agent: libvirt: %w", err)
 	}
 	defer a.drv.Close()
+	a.drvReady.Store(a.drv)
 
 	if a.inf, err = a.newInformer(); err != nil {
 		return err
 	}
+	a.infReady.Store(a.inf)
 
 	var bg sync.WaitGroup
 	goBG := func(f func()) {
@@ -152,10 +159,11 @@ func newInstanceID() string {
 
 // ready backs /readyz: the informer has listed the assigned VMs and libvirtd is connected.
 func (a *agent) ready(context.Context) error {
+	drv := a.drvReady.Load()
 	switch {
-	case a.drv == nil:
+	case drv == nil:
 		return errors.New("connecting to libvirtd")
-	case !a.drv.Connected():
+	case !drv.Connected():
 		return errors.New("libvirtd disconnected; reconnecting")
 	case !a.synced():
 		return errors.New("assigned VMs not listed yet (ChainFire/WatchBus)")
@@ -163,7 +171,10 @@ func (a *agent) ready(context.Context) error {
 	return nil
 }
 
-func (a *agent) synced() bool { return a.inf != nil && a.inf.HasSynced() }
+func (a *agent) synced() bool {
+	inf := a.infReady.Load()
+	return inf != nil && inf.HasSynced()
+}
 
 // newInformer follows /plasmavmc/assigned/<host>/: listed from ChainFire, watched through
 // WatchBus when configured, else ChainFire directly.

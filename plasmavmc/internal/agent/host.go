@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/plasmavmc/internal/driver"
 	"plasmacloud.dev/plasmavmc/internal/state"
 	pb "plasmacloud.dev/proto/plasmavmc/v1"
 )
@@ -30,9 +31,17 @@ func (a *agent) hostRecord() *pb.Host {
 		Pools:         a.store.Pools(),
 		Labels:        a.cfg.Labels,
 		AgentVersion:  a.cfg.Version,
-		Hypervisor:    "qemu-" + string(a.drv.Accel()),
+		Hypervisor:    hypervisor(a.drv.Accel()),
 		LastHeartbeat: a.st.Now(),
 	}
+}
+
+// hypervisor names the host's hypervisor in the host record: "qemu-kvm" or "qemu-tcg".
+func hypervisor(accel driver.Accel) string {
+	if accel == driver.AccelKVM {
+		return "qemu-kvm"
+	}
+	return "qemu-tcg"
 }
 
 // hostMemoryMiB reads MemTotal from /proc/meminfo (0 when unreadable).

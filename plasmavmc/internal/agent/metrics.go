@@ -39,7 +39,10 @@ func newMetrics(reg prometheus.Registerer, a *agent) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_informer_synced",
 			Help: "1 once the informer of assigned VMs has listed them."}, func() float64 { return b2f(a.synced()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_driver_connected",
-			Help: "1 while the hypervisor driver holds a connection to libvirtd."}, func() float64 { return b2f(a.drv != nil && a.drv.Connected()) }),
+			Help: "1 while the hypervisor driver holds a connection to libvirtd."}, func() float64 {
+			d := a.drvReady.Load()
+			return b2f(d != nil && d.Connected())
+		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_status_pending",
 			Help: "ChainFire writes waiting to be (re)tried."}, func() float64 { return float64(a.writer.pendingCount()) }),
 	)
