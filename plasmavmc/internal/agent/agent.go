@@ -69,8 +69,8 @@ func Run(ctx context.Context, cfg Config) error {
 	a := &agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostName), instance: newInstanceID(), ctx: ctx,
 		workers: map[string]*vmWorker{}}
 
-	cf, err := chainfire.New(chainfire.Config{Endpoints: cfg.ChainFireEndpoints, Logger: a.log.With("component", "chainfire"),
-		RequestTimeout: 5 * time.Second, Retry: cfg.Backoff})
+	cf, err := chainfire.New(chainfire.Config{Endpoints: cfg.ChainFireEndpoints, TLS: cfg.ChainFireTLS,
+		Logger: a.log.With("component", "chainfire"), RequestTimeout: 5 * time.Second, Retry: cfg.Backoff})
 	if err != nil {
 		return err
 	}

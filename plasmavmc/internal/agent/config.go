@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,6 +45,8 @@ type Config struct {
 
 	// ChainFireEndpoints are ChainFire's client URLs. Required.
 	ChainFireEndpoints []string
+	// ChainFireTLS, when set, is the client TLS (mutual TLS in production) for ChainFire.
+	ChainFireTLS *tls.Config
 	// WatchBusEndpoints, when set, carry the informer's watch of the assigned VMs; without
 	// them the informer watches ChainFire directly. WatchBusOptions are added to the
 	// WatchBus client (the bearer-token interceptor of the agent's service account).

@@ -43,6 +43,8 @@ type lab struct {
 
 func newLab(t *testing.T) *lab {
 	g := guestlab.BuildGuest(t)
+	// This package kills the lab libvirtd: no other package may use it meanwhile.
+	guestlab.ExclusiveLibvirtd(t)
 	sock := guestlab.StartLibvirtd(t)
 	// Short: the heartbeat socket lives under it (unix socket paths are limited to 107 bytes).
 	state, err := os.MkdirTemp("/tmp", "pvmc-")

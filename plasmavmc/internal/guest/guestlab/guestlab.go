@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"plasmacloud.dev/pkg/harness"
@@ -81,12 +82,58 @@ func BuildGuest(t testing.TB) Guest {
 
 // StartLibvirtd makes sure the lab libvirtd runs (installing and configuring it when needed) and
 // returns its socket. It fails the test with the script's output when libvirtd cannot start.
+//
+// It holds the lab libvirtd shared for the rest of the process (see [ExclusiveLibvirtd]).
 func StartLibvirtd(t testing.TB) string {
 	t.Helper()
 	harness.RequireRoot(t)
+	lockLab(t, syscall.LOCK_SH)
 	out, err := exec.Command(filepath.Join(RepoRoot(t), "scripts", "libvirt.sh"), "start").CombinedOutput()
 	if err != nil {
 		t.Fatalf("guestlab: scripts/libvirt.sh start: %v\n%s", err, out)
 	}
 	return Socket
+}
+
+// The lab libvirtd is one per machine, shared by every test package that go test runs in
+// parallel (each package is its own process). A package that kills or restarts it takes it
+// exclusively ([ExclusiveLibvirtd]); every other user holds it shared ([StartLibvirtd] does
+// that), so the two never overlap. The lock is an flock(2) on LockFile, taken once per
+// process and held until the process exits (the kernel drops it then, whatever happens).
+const LockFile = "/run/plasmavmc-lab-libvirtd.lock"
+
+var (
+	labLockMu   sync.Mutex
+	labLockMode int // 0 none, syscall.LOCK_SH or syscall.LOCK_EX
+	labLockFile *os.File
+)
+
+// ExclusiveLibvirtd makes this test process the lab libvirtd's only user until it exits:
+// it waits for other packages' tests that hold it shared. Call it before StartLibvirtd in
+// a package that kills libvirtd.
+func ExclusiveLibvirtd(t testing.TB) {
+	t.Helper()
+	lockLab(t, syscall.LOCK_EX)
+}
+
+// lockLab takes the lab lock in mode unless this process already holds it.
+func lockLab(t testing.TB, mode int) {
+	t.Helper()
+	labLockMu.Lock()
+	defer labLockMu.Unlock()
+	if labLockMode != 0 {
+		if mode == syscall.LOCK_EX && labLockMode != syscall.LOCK_EX {
+			t.Fatal("guestlab: ExclusiveLibvirtd after StartLibvirtd in the same process: call it first")
+		}
+		return
+	}
+	f, err := os.OpenFile(LockFile, os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		t.Fatalf("guestlab: lab lock: %v", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), mode); err != nil {
+		f.Close()
+		t.Fatalf("guestlab: lab lock: %v", err)
+	}
+	labLockFile, labLockMode = f, mode
 }
