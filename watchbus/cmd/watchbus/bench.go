@@ -37,6 +37,7 @@ type benchConfig struct {
 	prefix      string
 	modes       []string
 	runs        int
+	clients     int
 	token       string
 	wbMetrics   string // /metrics URL of the replica (memory)
 	cfMetrics   string // /metrics URL of the ChainFire member watched directly
@@ -92,6 +93,7 @@ count, measured 1 s after the last subscription opened.`,
 	f.IntVar(&cfg.rate, "rate", 20, "puts per second")
 	f.DurationVar(&cfg.duration, "duration", 15*time.Second, "measurement time per mode")
 	f.StringVar(&cfg.prefix, "prefix", "/bench/watchbus/", "key prefix written and watched")
+	f.IntVar(&cfg.clients, "clients", 1, "HTTP/2 clients the subscribers are spread over (each opens its own connections; 1: one client, a connection per 250 streams)")
 	f.IntVar(&cfg.runs, "runs", 1, "repeat every mode this many times, alternating (noisy machines: report the range)")
 	f.StringSliceVar(&cfg.modes, "modes", []string{"watchbus", "chainfire"}, "what to measure: watchbus, chainfire")
 	f.StringVar(&cfg.wbMetrics, "watchbus-metrics", "", "WatchBus /metrics URL (default: the endpoint's)")
@@ -120,8 +122,8 @@ func runBench(ctx context.Context, cfg benchConfig, out io.Writer) error {
 		return err
 	}
 	defer cf.Close()
-	fmt.Fprintf(out, "watchbus bench: %d subscribers on %q, %d puts/s for %s, %d run(s), GOMAXPROCS %d, NumCPU %d\n",
-		cfg.subscribers, cfg.prefix, cfg.rate, cfg.duration, cfg.runs, runtime.GOMAXPROCS(0), runtime.NumCPU())
+	fmt.Fprintf(out, "watchbus bench: %d subscribers on %q over %d client(s), %d puts/s for %s, %d run(s), GOMAXPROCS %d, NumCPU %d\n",
+		cfg.subscribers, cfg.prefix, max(1, cfg.clients), cfg.rate, cfg.duration, cfg.runs, runtime.GOMAXPROCS(0), runtime.NumCPU())
 	fmt.Fprintf(out, "%-4s %-10s %6s %21s %9s %9s %9s %9s %9s %10s %11s %11s %12s %12s\n", "run", "mode", "puts",
 		"delivered/expected", "put p50", "p50", "p99", "max", "subscribe", "srv CPU/s", "client CPU/s",
 		"srv B/sub", "client B/sub", "")
@@ -149,13 +151,22 @@ func runBench(ctx context.Context, cfg benchConfig, out io.Writer) error {
 // WatchBus's Subscribe against ChainFire's own Watch, one watch per stream (what N
 // processes each watching ChainFire would cost it).
 func benchTargetFor(cfg benchConfig, mode string) (benchTarget, error) {
-	hc := resilience.NewHTTPClient(resilience.TransportOptions{})
-	t := benchTarget{close: hc.CloseIdleConnections}
+	hcs := make([]*http.Client, max(1, cfg.clients))
+	for i := range hcs {
+		hcs[i] = resilience.NewHTTPClient(resilience.TransportOptions{})
+	}
+	var next atomic.Int64
+	pick := func() *http.Client { return hcs[int(next.Add(1))%len(hcs)] }
+	t := benchTarget{close: func() {
+		for _, hc := range hcs {
+			hc.CloseIdleConnections()
+		}
+	}}
 	switch mode {
 	case "watchbus":
-		client := watchbusv1connect.NewWatchBusServiceClient(hc, cfg.watchbus, connect.WithGRPC(), connect.WithInterceptors(bearer(cfg.token)))
 		t.memURL, t.cpuURLs = cfg.wbMetrics, []string{cfg.wbMetrics, cfg.cfMetrics}
 		t.sub = func(ctx context.Context, ready func(), got func([]byte)) error {
+			client := watchbusv1connect.NewWatchBusServiceClient(pick(), cfg.watchbus, connect.WithGRPC(), connect.WithInterceptors(bearer(cfg.token)))
 			st, err := client.Subscribe(ctx, connect.NewRequest(&watchbusv1.SubscribeRequest{Prefixes: [][]byte{[]byte(cfg.prefix)}}))
 			if err != nil {
 				return err
@@ -178,11 +189,10 @@ func benchTargetFor(cfg benchConfig, mode string) (benchTarget, error) {
 		if !strings.Contains(u, "://") {
 			u = "http://" + u
 		}
-		client := etcdserverpbconnect.NewWatchClient(hc, u, connect.WithGRPC())
 		t.memURL, t.cpuURLs = cfg.cfMetrics, []string{cfg.cfMetrics}
 		end := chainfire.PrefixEnd([]byte(cfg.prefix))
 		t.sub = func(ctx context.Context, ready func(), got func([]byte)) error {
-			st := client.Watch(ctx)
+			st := etcdserverpbconnect.NewWatchClient(pick(), u, connect.WithGRPC()).Watch(ctx)
 			defer st.CloseResponse()
 			// A canceled context does not wake a bidi Receive; closing the request side
 			// makes ChainFire end the stream (as pkg/chainfire does).
@@ -238,6 +248,9 @@ func benchMode(ctx context.Context, cfg benchConfig, cf *chainfire.Client, run i
 		shards[i].h = newHist()
 	}
 	putHist := newHist()
+	// Twice: the first GC only moves sync.Pool contents (the HTTP/2 client's 512 KiB
+	// request-body buffers of the previous mode's bidi streams) to the victim cache.
+	runtime.GC()
 	runtime.GC()
 	var ms0, ms1 runtime.MemStats
 	runtime.ReadMemStats(&ms0)
