@@ -302,23 +302,13 @@ func tail(s string) string {
 	return s
 }
 
-// addAgent starts an agent named host on the fake host fh (capacity 32 vCPUs, memMiB).
-func (e *env) addAgent(host string, fh *fakeHost, memMiB int) *agentProc {
+// addAgent starts an agent named host on the fake host fh (capacity 32 vCPUs, memMiB;
+// extra flags appended) and waits until it is ready.
+func (e *env) addAgent(host string, fh *fakeHost, memMiB int, extra ...string) *agentProc {
 	t := e.t
 	t.Helper()
-	ports, err := harness.FreePorts(1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
-	p := harness.StartProcess(t, harness.ProcessConfig{Name: "agent-" + host, Path: e.agentBin, ReadyURL: u + "/readyz",
-		Args: []string{"--host-name", host, "--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
-			"--chainfire-endpoints", strings.Join(e.cf.Endpoints(), ","), "--libvirt-socket", fh.sock,
-			"--pool-local", e.pool, "--state-dir", e.stateDir, "--capacity-vcpus", "32",
-			"--capacity-memory-mib", strconv.Itoa(memMiB), "--stop-timeout", "10s", "--lease-ttl", "5s"}})
-	a := &agentProc{Process: p, host: fh, url: u}
-	e.agents[host] = a
-	waitReady(t, p)
+	a := e.startAgent(host, fh, memMiB, extra...)
+	waitReady(t, a.Process)
 	if _, ok := e.drivers[fh.name]; !ok {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
@@ -328,6 +318,26 @@ func (e *env) addAgent(host string, fh *fakeHost, memMiB int) *agentProc {
 		}
 		e.drivers[fh.name] = d
 	}
+	return a
+}
+
+// startAgent starts an agent named host on the fake host fh without waiting for it.
+func (e *env) startAgent(host string, fh *fakeHost, memMiB int, extra ...string) *agentProc {
+	t := e.t
+	t.Helper()
+	ports, err := harness.FreePorts(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	args := []string{"--host-name", host, "--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
+		"--chainfire-endpoints", strings.Join(e.cf.Endpoints(), ","), "--libvirt-socket", fh.sock,
+		"--pool-local", e.pool, "--state-dir", e.stateDir, "--capacity-vcpus", "32",
+		"--capacity-memory-mib", strconv.Itoa(memMiB), "--stop-timeout", "10s", "--lease-ttl", "5s"}
+	p := harness.StartProcess(t, harness.ProcessConfig{Name: "agent-" + host, Path: e.agentBin, ReadyURL: u + "/readyz",
+		Args: append(args, extra...)})
+	a := &agentProc{Process: p, host: fh, url: u}
+	e.agents[host] = a
 	return a
 }
 

@@ -43,6 +43,10 @@ type agent struct {
 	// metrics), which run while Run is still setting them up.
 	drvReady atomic.Pointer[driver.Libvirt]
 	infReady atomic.Pointer[resilience.Informer[*pb.VM]]
+	// watchErr is the error that stopped the informer's watch (one the informer does not
+	// retry: Unauthenticated, PermissionDenied), until the next watch delivers a batch or
+	// bookmark; nil while the watch is healthy. /readyz reports it.
+	watchErr atomic.Pointer[error]
 
 	// leaseValidUntil is when the heartbeat lease expires unless renewed (unix ns); the
 	// HA issue's self-fence reads it.
@@ -124,11 +128,7 @@ func Run(ctx context.Context, cfg Config) error {
 	events := a.drv.Events(ctx) // subscribe before listing: nothing falls in between
 	goBG(func() { a.writer.run(ctx) })
 	goBG(func() { a.holdLease(ctx) })
-	goBG(func() {
-		if err := a.inf.Run(ctx); err != nil && ctx.Err() == nil {
-			a.log.Error("informer stopped", "err", err)
-		}
-	})
+	goBG(func() { a.runInformer(ctx) })
 	goBG(func() { a.followEvents(ctx, events) })
 	goBG(func() { a.sweepLoop(ctx) })
 	a.log.Info("agent started", "instance", a.instance, "accel", a.drv.Accel(), "pools", a.store.Pools(),
@@ -168,7 +168,46 @@ func (a *agent) ready(context.Context) error {
 	case !a.synced():
 		return errors.New("assigned VMs not listed yet (ChainFire/WatchBus)")
 	}
+	if err := a.watchErr.Load(); err != nil {
+		return fmt.Errorf("watch of assigned VMs failing: %w", *err)
+	}
 	return nil
+}
+
+// Informer restart pacing after an error the informer does not retry itself.
+const (
+	informerRetryMin = time.Second
+	informerRetryMax = 30 * time.Second
+)
+
+// runInformer runs the informer until ctx ends. Errors the informer gives up on (the
+// service account's secret refused, its role lacking events.watch) are retried here
+// with exponential backoff, as credentials get fixed and bindings propagate; meanwhile
+// watchErr makes /readyz fail, so a host that cannot follow its VMs does not look
+// healthy. Called once, on its own goroutine.
+func (a *agent) runInformer(ctx context.Context) {
+	wait := informerRetryMin
+	for {
+		began := time.Now()
+		err := a.inf.Run(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if err == nil {
+			err = errors.New("informer ended")
+		}
+		a.watchErr.Store(&err)
+		if time.Since(began) > informerRetryMax {
+			wait = informerRetryMin
+		}
+		a.log.Error("watch of assigned VMs failed; retrying", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, informerRetryMax)
+	}
 }
 
 func (a *agent) synced() bool {
@@ -187,6 +226,17 @@ func (a *agent) newInformer() (*resilience.Informer[*pb.VM], error) {
 			Logger:        a.log.With("component", "watchbus"),
 		})
 	}
+	// Any batch or bookmark shows the watch works again.
+	inner := watcher
+	watcher = resilience.WatcherFunc(func(ctx context.Context, prefix []byte, rev int64, h resilience.Handler) error {
+		return inner.Watch(ctx, prefix, rev, func(ctx context.Context, b resilience.Batch) error {
+			if a.watchErr.Load() != nil {
+				a.watchErr.Store(nil)
+				a.log.Info("watch of assigned VMs working again", "revision", b.Revision)
+			}
+			return h(ctx, b)
+		})
+	})
 	prefix := state.AssignedPrefix(a.cfg.HostName)
 	return resilience.NewInformer(resilience.InformerConfig[*pb.VM]{
 		Lister:  chainfiresource.Lister{Client: a.cf},
