@@ -82,10 +82,7 @@ On first start the user "admin" (global role admin) is created with the password
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT to serve the API, OAuth endpoints, health and metrics on")
-	f.StringSliceVar(&cfg.ChainFireEndpoints, "chainfire-endpoints", cfg.ChainFireEndpoints, "ChainFire client URLs (env PLASMA_CHAINFIRE_ENDPOINTS)")
-	f.StringVar(&cfg.ChainFireTLS.CAFile, "chainfire-ca-file", "", "CA that signs ChainFire's certificates (PEM)")
-	f.StringVar(&cfg.ChainFireTLS.CertFile, "chainfire-cert-file", "", "client certificate for ChainFire mutual TLS (PEM)")
-	f.StringVar(&cfg.ChainFireTLS.KeyFile, "chainfire-key-file", "", "client key for ChainFire mutual TLS (PEM)")
+	cfg.ChainFire.Register(f)
 	f.StringVar(&cfg.DataDir, "data-dir", "", "accepted for the shared command line; IAM keeps no local state")
 	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and IAM_* environment variables win")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -27,10 +27,9 @@ type Config struct {
 	Listener net.Listener
 	// TLS serves HTTPS when its files are set.
 	TLS plasmaserver.TLSFiles
-	// ChainFireEndpoints are ChainFire client URLs; ChainFireTLS (CAFile, and CertFile +
-	// KeyFile for mutual TLS) configures https:// endpoints.
-	ChainFireEndpoints []string
-	ChainFireTLS       plasmaserver.TLSFiles
+	// ChainFire holds the ChainFire client URLs and the TLS files (CAFile, and
+	// CertFile + KeyFile for mutual TLS) for https:// endpoints.
+	ChainFire plasmaserver.ChainFireFlags
 	// DataDir is accepted for the shared command line; IAM keeps no local state.
 	DataDir string
 	// Issuer (iss) and Audience (default aud; IAM's own API accepts Audience[0]).
@@ -63,7 +62,7 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:              ":7001",
-		ChainFireEndpoints:  []string{"http://127.0.0.1:2379"},
+		ChainFire:           plasmaserver.ChainFireFlags{Endpoints: []string{"http://127.0.0.1:2379"}},
 		Issuer:              token.DefaultIssuer,
 		Audience:            []string{token.DefaultAudience},
 		AccessTokenTTL:      token.DefaultAccessTTL,
@@ -82,7 +81,7 @@ func (c *Config) Validate() error {
 	if c.Listen == "" && c.Listener == nil {
 		errs = append(errs, errors.New("--listen is required"))
 	}
-	if len(c.ChainFireEndpoints) == 0 {
+	if len(c.ChainFire.Endpoints) == 0 {
 		errs = append(errs, errors.New("--chainfire-endpoints is required"))
 	}
 	if c.Issuer == "" {

@@ -58,15 +58,7 @@ func Run(ctx context.Context, cfg Config) error {
 		mk = keys.InsecureDevMasterKey()
 	}
 
-	cfCfg := chainfire.Config{Endpoints: cfg.ChainFireEndpoints, Logger: log.With("component", "chainfire"), RequestTimeout: 5 * time.Second}
-	if cfg.ChainFireTLS.CAFile != "" || cfg.ChainFireTLS.CertFile != "" {
-		tc, err := cfg.ChainFireTLS.ClientConfig()
-		if err != nil {
-			return fmt.Errorf("chainfire TLS: %w", err)
-		}
-		cfCfg.TLS = tc
-	}
-	cf, err := chainfire.New(cfCfg)
+	cf, err := cfg.ChainFire.Client(log)
 	if err != nil {
 		return err
 	}
