@@ -20,7 +20,7 @@ import (
 // PLASMA_CHAINFIRE_ENDPOINTS and --iam-endpoints from PLASMA_IAM_ENDPOINTS. Flags win.
 func serverCommand() *cobra.Command {
 	cfg := server.DefaultConfig()
-	var logFormat, logLevel, configFile, secretFile string
+	var logFormat, logLevel, configFile string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a WatchBus replica",
@@ -47,12 +47,12 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
 				return err
 			}
 			cfg.Logger = log
-			if secretFile != "" {
-				b, err := os.ReadFile(secretFile)
+			if cfg.Auth.ClientSecretFile != "" {
+				b, err := os.ReadFile(cfg.Auth.ClientSecretFile)
 				if err != nil {
 					return fmt.Errorf("--iam-client-secret-file: %w", err)
 				}
-				cfg.IAMClientSecret = strings.TrimRight(string(b), "\r\n")
+				cfg.Auth.ClientSecret = strings.TrimRight(string(b), "\r\n")
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -61,20 +61,12 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT to serve the API, health and metrics on")
-	f.StringSliceVar(&cfg.ChainFireEndpoints, "chainfire-endpoints", cfg.ChainFireEndpoints, "ChainFire client URLs (env PLASMA_CHAINFIRE_ENDPOINTS)")
-	f.StringVar(&cfg.ChainFireTLS.CAFile, "chainfire-ca-file", "", "CA that signs ChainFire's certificates (PEM)")
-	f.StringVar(&cfg.ChainFireTLS.CertFile, "chainfire-cert-file", "", "client certificate for ChainFire mutual TLS (PEM)")
-	f.StringVar(&cfg.ChainFireTLS.KeyFile, "chainfire-key-file", "", "client key for ChainFire mutual TLS (PEM)")
+	cfg.ChainFire.Register(f)
 	f.StringVar(&cfg.DataDir, "data-dir", "", "accepted for the shared command line; WatchBus keeps no local state")
 	f.StringVar(&configFile, "config", "", "configuration file (not supported yet: use flags or WATCHBUS_* environment variables)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.StringVar(&cfg.Auth, "auth", cfg.Auth, "authorization: iam (needs --iam-endpoints) or none (development only: anyone may subscribe to anything)")
-	f.StringSliceVar(&cfg.IAMEndpoints, "iam-endpoints", nil, "IAM base URLs for signing keys and policy (env PLASMA_IAM_ENDPOINTS)")
-	f.StringVar(&cfg.IAMIssuer, "iam-issuer", cfg.IAMIssuer, "iss claim tokens must carry")
-	f.StringVar(&cfg.IAMAudience, "iam-audience", cfg.IAMAudience, "aud claim tokens must carry")
-	f.StringVar(&cfg.IAMClientID, "iam-client-id", "", "WatchBus's own service account (authenticates its IAM policy stream)")
-	f.StringVar(&secretFile, "iam-client-secret-file", "", "file holding the service account's secret")
+	cfg.Auth.Register(f, "subscribe to anything", "WatchBus's")
 	f.IntVar(&cfg.WindowEvents, "window-events", cfg.WindowEvents, "most events kept in the in-memory window (oldest revisions evicted first)")
 	f.DurationVar(&cfg.WindowAge, "window-age", cfg.WindowAge, "how long a revision stays in the window (0: by count only)")
 	f.IntVar(&cfg.SubscriberQueue, "subscriber-queue", cfg.SubscriberQueue, "revisions a subscriber may lag behind the head before it counts as slow")

@@ -18,8 +18,8 @@ import (
 
 // Auth modes.
 const (
-	AuthIAM  = "iam"
-	AuthNone = "none"
+	AuthIAM  = plasmaserver.AuthIAM
+	AuthNone = plasmaserver.AuthNone
 )
 
 // Config is everything Run needs. Start from DefaultConfig.
@@ -30,21 +30,16 @@ type Config struct {
 	Listener net.Listener
 	// TLS serves HTTPS when its files are set.
 	TLS plasmaserver.TLSFiles
-	// ChainFireEndpoints are ChainFire client URLs; ChainFireTLS configures https://.
-	ChainFireEndpoints []string
-	ChainFireTLS       plasmaserver.TLSFiles
+	// ChainFire holds the ChainFire client URLs and the TLS files for https://.
+	ChainFire plasmaserver.ChainFireFlags
 	// DataDir is accepted for the shared command line; WatchBus keeps no local state.
 	DataDir string
-	// Auth is "iam" (default: IAMEndpoints required) or "none" (development only).
-	Auth string
-	// IAMEndpoints are IAM base URLs for signing keys and the policy stream.
-	IAMEndpoints []string
-	// IAMIssuer and IAMAudience are what tokens must carry (defaults: IAM's).
-	IAMIssuer, IAMAudience string
-	// IAMClientID and IAMClientSecret are WatchBus's own service account, which
-	// authenticates its policy stream (iam.policy.watch). Optional: without them the
-	// stream is opened without a token and works only if IAM allows it.
-	IAMClientID, IAMClientSecret string
+	// Auth: Mode "iam" (default: IAMEndpoints required) or "none" (development only);
+	// Issuer and Audience tokens must carry (defaults: IAM's); ClientID and ClientSecret,
+	// WatchBus's own service account, authenticate its policy stream (iam.policy.watch).
+	// Optional: without them the stream is opened without a token and works only if IAM
+	// allows it.
+	Auth plasmaserver.AuthFlags
 	// Window, queue and slow-consumer bounds (see bus.Config).
 	WindowEvents        int
 	WindowAge           time.Duration
@@ -63,10 +58,8 @@ type Config struct {
 func DefaultConfig() Config {
 	return Config{
 		Listen:              ":7002",
-		ChainFireEndpoints:  []string{"http://127.0.0.1:2379"},
-		Auth:                AuthIAM,
-		IAMIssuer:           "https://iam.plasmacloud.internal",
-		IAMAudience:         "plasmacloud",
+		ChainFire:           plasmaserver.ChainFireFlags{Endpoints: []string{"http://127.0.0.1:2379"}},
+		Auth:                plasmaserver.AuthFlags{Mode: AuthIAM, Issuer: "https://iam.plasmacloud.internal", Audience: "plasmacloud"},
 		WindowEvents:        bus.DefaultWindowEvents,
 		WindowAge:           bus.DefaultWindowAge,
 		SubscriberQueue:     bus.DefaultSubscriberQueue,
@@ -82,23 +75,23 @@ func (c *Config) Validate() error {
 	if c.Listen == "" && c.Listener == nil {
 		errs = append(errs, errors.New("--listen is required"))
 	}
-	if len(c.ChainFireEndpoints) == 0 {
+	if len(c.ChainFire.Endpoints) == 0 {
 		errs = append(errs, errors.New("--chainfire-endpoints is required"))
 	}
-	switch c.Auth {
+	switch c.Auth.Mode {
 	case AuthNone:
-		if len(c.IAMEndpoints) > 0 {
+		if len(c.Auth.IAMEndpoints) > 0 {
 			errs = append(errs, errors.New("--auth none and --iam-endpoints exclude each other"))
 		}
 	case AuthIAM, "":
-		if len(c.IAMEndpoints) == 0 {
+		if len(c.Auth.IAMEndpoints) == 0 {
 			errs = append(errs, errors.New("--iam-endpoints is required (or --auth none, for development only)"))
 		}
-		if (c.IAMClientID == "") != (c.IAMClientSecret == "") {
+		if (c.Auth.ClientID == "") != (c.Auth.ClientSecret == "") {
 			errs = append(errs, errors.New("--iam-client-id and --iam-client-secret-file go together"))
 		}
 	default:
-		errs = append(errs, fmt.Errorf("--auth %q: want iam or none", c.Auth))
+		errs = append(errs, fmt.Errorf("--auth %q: want iam or none", c.Auth.Mode))
 	}
 	if c.WindowEvents < 1 {
 		errs = append(errs, fmt.Errorf("--window-events %d: want at least 1", c.WindowEvents))

@@ -14,9 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"plasmacloud.dev/pkg/auth"
-	"plasmacloud.dev/pkg/chainfire"
-	"plasmacloud.dev/pkg/iamclient"
 	plasmaserver "plasmacloud.dev/pkg/server"
 	watchbusv1 "plasmacloud.dev/proto/watchbus/v1"
 	"plasmacloud.dev/proto/watchbus/v1/watchbusv1connect"
@@ -44,15 +41,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	cfCfg := chainfire.Config{Endpoints: cfg.ChainFireEndpoints, Logger: log.With("component", "chainfire"), RequestTimeout: 5 * time.Second}
-	if cfg.ChainFireTLS.CAFile != "" || cfg.ChainFireTLS.CertFile != "" {
-		tc, err := cfg.ChainFireTLS.ClientConfig()
-		if err != nil {
-			return fmt.Errorf("chainfire TLS: %w", err)
-		}
-		cfCfg.TLS = tc
-	}
-	cf, err := chainfire.New(cfCfg)
+	cf, err := cfg.ChainFire.Client(log)
 	if err != nil {
 		return err
 	}
@@ -66,40 +55,21 @@ func Run(ctx context.Context, cfg Config) error {
 
 	// Authorization: pkg/auth over IAM, or nothing at all with --auth none.
 	var (
-		interceptor connect.Interceptor
-		authReady   = func(context.Context) error { return nil }
-		authNote    string
-		bg          sync.WaitGroup
+		authNote string
+		bg       sync.WaitGroup
 	)
 	defer bg.Wait()
 	defer stopRun()
-	if cfg.Auth == AuthNone {
-		interceptor = auth.None(log)
+	if cfg.Auth.Mode == AuthNone {
 		authNote = " (AUTH DISABLED: --auth none, development only; every caller may subscribe to everything)"
-	} else {
-		ac := auth.Config{IAMEndpoints: cfg.IAMEndpoints, Issuer: cfg.IAMIssuer, Audience: cfg.IAMAudience,
-			Permissions: Permissions(), Logger: log}
-		if cfg.IAMClientID != "" {
-			ic, err := iamclient.New(iamclient.Config{Endpoints: cfg.IAMEndpoints, Logger: log.With("component", "iamclient")})
-			if err != nil {
-				return err
-			}
-			defer ic.Close()
-			ts, err := ic.NewTokenSource(iamclient.TokenSourceConfig{ClientID: cfg.IAMClientID, ClientSecret: cfg.IAMClientSecret})
-			if err != nil {
-				return err
-			}
-			defer ts.Close()
-			ac.Credentials = ts.Token
-		}
-		svc, err := auth.Setup(ac)
-		if err != nil {
-			return err
-		}
-		interceptor = svc.Interceptor
-		authReady = svc.Ready
-		bg.Go(func() { _ = svc.Run(runCtx) })
 	}
+	az, err := cfg.Auth.Setup(log, Permissions())
+	if err != nil {
+		return err
+	}
+	defer az.Close()
+	interceptor, authReady := az.Interceptor, az.Ready
+	bg.Go(func() { _ = az.Run(runCtx) })
 
 	srvCfg := plasmaserver.Config{Addr: cfg.Listen, Listener: cfg.Listener, Logger: log, Registry: reg,
 		Services: []string{watchbusv1connect.WatchBusServiceName}, DrainTimeout: cfg.DrainTimeout}
@@ -176,7 +146,7 @@ func Run(ctx context.Context, cfg Config) error {
 			if !notified && b.Ready() == nil {
 				notified = true
 				_ = plasmaserver.Notify("READY=1")
-				log.Info("watchbus replica ready", "head", b.Window().Head(), "auth", cfg.Auth)
+				log.Info("watchbus replica ready", "head", b.Window().Head(), "auth", cfg.Auth.Mode)
 			}
 		}
 	}
