@@ -52,7 +52,7 @@ func runCommand(use string) *cobra.Command {
 		iamEndpoints                    []string
 		clientID, secretFile            string
 		labels                          map[string]string
-		chainfireTLS                    plasmaserver.TLSFiles
+		chainFire                       plasmaserver.ChainFireFlags
 	)
 	cmd := &cobra.Command{
 		Use:   use,
@@ -80,8 +80,9 @@ crash by policy. Stopping the agent leaves the VMs running; the next agent re-ad
 			if err != nil {
 				return err
 			}
-			if chainfireTLS.CAFile != "" || chainfireTLS.CertFile != "" || chainfireTLS.KeyFile != "" {
-				if cfg.ChainFireTLS, err = chainfireTLS.ClientConfig(); err != nil {
+			cfg.ChainFireEndpoints = chainFire.Endpoints
+			if tf := chainFire.TLS; tf.CAFile != "" || tf.CertFile != "" || tf.KeyFile != "" {
+				if cfg.ChainFireTLS, err = tf.ClientConfig(); err != nil {
 					return fmt.Errorf("chainfire TLS: %w", err)
 				}
 			}
@@ -127,10 +128,7 @@ crash by policy. Stopping the agent leaves the VMs running; the next agent re-ad
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT of /healthz, /readyz and /metrics")
 	f.StringVar(&cfg.HostName, "host-name", cfg.HostName, "this host's name in PlasmaVMC (default: the hostname)")
-	f.StringSliceVar(&cfg.ChainFireEndpoints, "chainfire-endpoints", nil, "ChainFire client URLs (env PLASMA_CHAINFIRE_ENDPOINTS)")
-	f.StringVar(&chainfireTLS.CAFile, "chainfire-ca-file", "", "CA that signs ChainFire's certificates (PEM)")
-	f.StringVar(&chainfireTLS.CertFile, "chainfire-cert-file", "", "client certificate for ChainFire mutual TLS (PEM)")
-	f.StringVar(&chainfireTLS.KeyFile, "chainfire-key-file", "", "client key for ChainFire mutual TLS (PEM)")
+	chainFire.Register(f)
 	f.StringSliceVar(&cfg.WatchBusEndpoints, "watchbus-endpoints", nil, "WatchBus URLs for the watch of assigned VMs (env PLASMA_WATCHBUS_ENDPOINTS; default: watch ChainFire directly)")
 	f.StringSliceVar(&iamEndpoints, "iam-endpoints", nil, "IAM URLs, for the service account's tokens (env PLASMA_IAM_ENDPOINTS)")
 	f.StringVar(&clientID, "client-id", "", "service account the agent authenticates to WatchBus as")

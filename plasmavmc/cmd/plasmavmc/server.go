@@ -17,8 +17,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/pkg/auth"
-	"plasmacloud.dev/pkg/chainfire"
-	"plasmacloud.dev/pkg/iamclient"
 	plasmaserver "plasmacloud.dev/pkg/server"
 	"plasmacloud.dev/plasmavmc/internal/controller"
 	"plasmacloud.dev/plasmavmc/internal/state"
@@ -26,28 +24,23 @@ import (
 
 // serverConfig is `plasmavmc server`'s configuration.
 type serverConfig struct {
-	Listen             string
-	ChainFireEndpoints []string
-	ChainFireTLS       plasmaserver.TLSFiles
-	TLS                plasmaserver.TLSFiles
-	Auth               string
-	IAMEndpoints       []string
-	IAMIssuer          string
-	IAMAudience        string
-	IAMClientID        string
-	IAMClientSecret    string
-	ReplicaID          string
-	LeaseTTL           time.Duration
-	DrainTimeout       time.Duration
+	Listen       string
+	ChainFire    plasmaserver.ChainFireFlags
+	TLS          plasmaserver.TLSFiles
+	Auth         plasmaserver.AuthFlags
+	ReplicaID    string
+	LeaseTTL     time.Duration
+	DrainTimeout time.Duration
 }
 
 // serverCommand is `plasmavmc server`. Every flag may also come from the environment as
 // PLASMAVMC_<FLAG>; --chainfire-endpoints also from PLASMA_CHAINFIRE_ENDPOINTS and
 // --iam-endpoints from PLASMA_IAM_ENDPOINTS; then from --config. Flags win.
 func serverCommand() *cobra.Command {
-	cfg := serverConfig{Listen: ":7003", Auth: "iam", IAMIssuer: auth.DefaultIssuer, IAMAudience: auth.DefaultAudience,
+	cfg := serverConfig{Listen: ":7003",
+		Auth:     plasmaserver.AuthFlags{Mode: plasmaserver.AuthIAM, Issuer: auth.DefaultIssuer, Audience: auth.DefaultAudience},
 		LeaseTTL: 5 * time.Second, DrainTimeout: 10 * time.Second}
-	var logFormat, logLevel, configFile, secretFile, dataDir string
+	var logFormat, logLevel, configFile, dataDir string
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a PlasmaVMC controller replica",
@@ -73,12 +66,12 @@ off, for development only.`,
 			if err != nil {
 				return err
 			}
-			if secretFile != "" {
-				b, err := os.ReadFile(secretFile)
+			if cfg.Auth.ClientSecretFile != "" {
+				b, err := os.ReadFile(cfg.Auth.ClientSecretFile)
 				if err != nil {
 					return fmt.Errorf("--iam-client-secret-file: %w", err)
 				}
-				cfg.IAMClientSecret = strings.TrimSpace(string(b))
+				cfg.Auth.ClientSecret = strings.TrimSpace(string(b))
 			}
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer stop()
@@ -87,16 +80,8 @@ off, for development only.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT to serve the API, health and metrics on")
-	f.StringSliceVar(&cfg.ChainFireEndpoints, "chainfire-endpoints", nil, "ChainFire client URLs (env PLASMA_CHAINFIRE_ENDPOINTS)")
-	f.StringVar(&cfg.ChainFireTLS.CAFile, "chainfire-ca-file", "", "CA that signs ChainFire's certificates (PEM)")
-	f.StringVar(&cfg.ChainFireTLS.CertFile, "chainfire-cert-file", "", "client certificate for ChainFire mutual TLS (PEM)")
-	f.StringVar(&cfg.ChainFireTLS.KeyFile, "chainfire-key-file", "", "client key for ChainFire mutual TLS (PEM)")
-	f.StringVar(&cfg.Auth, "auth", cfg.Auth, "authorization: iam (needs --iam-endpoints) or none (development only: anyone may do anything)")
-	f.StringSliceVar(&cfg.IAMEndpoints, "iam-endpoints", nil, "IAM base URLs for signing keys and policy (env PLASMA_IAM_ENDPOINTS)")
-	f.StringVar(&cfg.IAMIssuer, "iam-issuer", cfg.IAMIssuer, "iss claim tokens must carry")
-	f.StringVar(&cfg.IAMAudience, "iam-audience", cfg.IAMAudience, "aud claim tokens must carry")
-	f.StringVar(&cfg.IAMClientID, "iam-client-id", "", "the controller's own service account (authenticates its IAM policy stream)")
-	f.StringVar(&secretFile, "iam-client-secret-file", "", "file holding the service account's secret")
+	cfg.ChainFire.Register(f)
+	cfg.Auth.Register(f, "do anything", "the controller's")
 	f.StringVar(&cfg.ReplicaID, "replica-id", "", "this replica's name in /plasmavmc/leader (default: hostname:port and a random suffix)")
 	f.DurationVar(&cfg.LeaseTTL, "leader-lease-ttl", cfg.LeaseTTL, "TTL of the leader lease: a dead leader is replaced within about this long")
 	f.StringVar(&dataDir, "data-dir", "", "accepted for the shared command line; the controller keeps no local state")
@@ -113,27 +98,19 @@ off, for development only.`,
 
 // runServer serves until ctx ends, then drains and hands leadership over.
 func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
-	if len(cfg.ChainFireEndpoints) == 0 {
+	if len(cfg.ChainFire.Endpoints) == 0 {
 		return errors.New("--chainfire-endpoints (or PLASMA_CHAINFIRE_ENDPOINTS) is required")
 	}
-	switch cfg.Auth {
-	case "none":
-	case "iam":
-		if len(cfg.IAMEndpoints) == 0 {
+	switch cfg.Auth.Mode {
+	case plasmaserver.AuthNone:
+	case plasmaserver.AuthIAM:
+		if len(cfg.Auth.IAMEndpoints) == 0 {
 			return errors.New("--iam-endpoints (or PLASMA_IAM_ENDPOINTS) is required unless --auth none (development only)")
 		}
 	default:
-		return fmt.Errorf("--auth %q: must be iam or none", cfg.Auth)
+		return fmt.Errorf("--auth %q: must be iam or none", cfg.Auth.Mode)
 	}
-	cfCfg := chainfire.Config{Endpoints: cfg.ChainFireEndpoints, Logger: log.With("component", "chainfire"), RequestTimeout: 5 * time.Second}
-	if cfg.ChainFireTLS.CAFile != "" || cfg.ChainFireTLS.CertFile != "" {
-		tc, err := cfg.ChainFireTLS.ClientConfig()
-		if err != nil {
-			return fmt.Errorf("chainfire TLS: %w", err)
-		}
-		cfCfg.TLS = tc
-	}
-	cf, err := chainfire.New(cfCfg)
+	cf, err := cfg.ChainFire.Client(log)
 	if err != nil {
 		return err
 	}
@@ -144,38 +121,17 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	defer bg.Wait()
 	defer stopRun()
 
-	var (
-		interceptor connect.Interceptor
-		authReady   = func(context.Context) error { return nil }
-		authNote    string
-	)
-	if cfg.Auth == "none" {
-		interceptor = auth.None(log)
+	var authNote string
+	if cfg.Auth.Mode == plasmaserver.AuthNone {
 		authNote = " (AUTH DISABLED: --auth none, development only; every caller may do everything)"
-	} else {
-		ac := auth.Config{IAMEndpoints: cfg.IAMEndpoints, Issuer: cfg.IAMIssuer, Audience: cfg.IAMAudience,
-			Permissions: controller.Permissions(), Logger: log}
-		if cfg.IAMClientID != "" {
-			ic, err := iamclient.New(iamclient.Config{Endpoints: cfg.IAMEndpoints, Logger: log.With("component", "iamclient")})
-			if err != nil {
-				return err
-			}
-			defer ic.Close()
-			ts, err := ic.NewTokenSource(iamclient.TokenSourceConfig{ClientID: cfg.IAMClientID, ClientSecret: cfg.IAMClientSecret})
-			if err != nil {
-				return err
-			}
-			defer ts.Close()
-			ac.Credentials = ts.Token
-		}
-		svc, err := auth.Setup(ac)
-		if err != nil {
-			return err
-		}
-		interceptor = svc.Interceptor
-		authReady = svc.Ready
-		bg.Go(func() { _ = svc.Run(runCtx) })
 	}
+	az, err := cfg.Auth.Setup(log, controller.Permissions())
+	if err != nil {
+		return err
+	}
+	defer az.Close()
+	interceptor, authReady := az.Interceptor, az.Ready
+	bg.Go(func() { _ = az.Run(runCtx) })
 
 	id := cfg.ReplicaID
 	if id == "" {
@@ -230,7 +186,7 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	defer stopServing()
 	go func() { errc <- srv.Serve(srvCtx) }()
 	_ = plasmaserver.Notify("READY=1")
-	log.Info("plasmavmc controller started", "replica", id, "listen", cfg.Listen, "auth", cfg.Auth)
+	log.Info("plasmavmc controller started", "replica", id, "listen", cfg.Listen, "auth", cfg.Auth.Mode)
 	select {
 	case err := <-errc:
 		return err
