@@ -35,6 +35,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/spf13/cobra"
 
+	"plasmacloud.dev/pkg/cliout"
 	"plasmacloud.dev/pkg/iamclient"
 )
 
@@ -82,20 +83,20 @@ type globals struct {
 	endpoints []string
 	tokenFile string
 	timeout   time.Duration
-	output    string
+	output    cliout.Output
 	cacert    string
 }
 
 // newGlobals registers the client flags on cmd's persistent flags.
 func newGlobals(cmd *cobra.Command) *globals {
-	g := &globals{cmd: cmd}
+	g := &globals{cmd: cmd, output: cliout.Output{Human: "table"}}
 	fs := cmd.PersistentFlags()
 	fs.StringSliceVar(&g.endpoints, "endpoints", defaultEndpoints(),
 		"comma-separated IAM replica URLs (env "+EnvEndpoints+")")
 	fs.StringVar(&g.tokenFile, "token-file", defaultTokenFile(),
 		"file login writes the tokens to and other commands read them from ("+EnvToken+" is used instead when set and this flag is not)")
 	fs.DurationVar(&g.timeout, "timeout", 10*time.Second, "timeout of the whole command, retries included")
-	fs.StringVarP(&g.output, "output", "o", "table", "output format: table or json (one object per line)")
+	g.output.Register(fs, "output format: table or json (one object per line)")
 	fs.StringVar(&g.cacert, "cacert", "", "CA bundle that verifies https:// endpoints")
 	return g
 }
@@ -131,7 +132,7 @@ func defaultTokenFile() string {
 
 // validate checks the flags every command shares.
 func (g *globals) validate() error {
-	if _, err := newPrinter(nil, g.output); err != nil {
+	if err := g.output.Validate(); err != nil {
 		return err
 	}
 	if g.timeout < 0 {
@@ -215,8 +216,8 @@ func (g *globals) bound(cmd *cobra.Command) (context.Context, context.CancelFunc
 }
 
 // printer returns the output printer for cmd.
-func (g *globals) printer(cmd *cobra.Command) *printer {
-	p, err := newPrinter(cmd.OutOrStdout(), g.output)
+func (g *globals) printer(cmd *cobra.Command) *cliout.Printer {
+	p, err := g.output.Printer(cmd.OutOrStdout())
 	if err != nil {
 		// validate() checked the format before any output is produced.
 		panic(err)
@@ -227,7 +228,7 @@ func (g *globals) printer(cmd *cobra.Command) *printer {
 // clientCommand is the shape of most commands: validate the arguments, connect with the
 // saved token, run bounded by --timeout, print.
 func clientCommand(g *globals, check func(args []string) error,
-	run func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error,
+	run func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error,
 ) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		if err := g.validate(); err != nil {

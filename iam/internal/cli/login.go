@@ -78,7 +78,7 @@ func loginCommand() *cobra.Command {
 			"expires_at": saved.ExpiresAt,
 			"token_file": g.tokenFile,
 		}
-		return g.printer(cmd).value(out, func(w io.Writer) {
+		return g.printer(cmd).Value(out, func(w io.Writer) {
 			scope := "unscoped"
 			if saved.Project != "" {
 				scope = "project " + saved.Project
@@ -131,7 +131,7 @@ func logoutCommand() *cobra.Command {
 		if err := os.Remove(g.tokenFile); err != nil {
 			return err
 		}
-		return g.printer(cmd).value(map[string]any{"logged_out": true, "token_file": g.tokenFile}, func(w io.Writer) {
+		return g.printer(cmd).Value(map[string]any{"logged_out": true, "token_file": g.tokenFile}, func(w io.Writer) {
 			fmt.Fprintf(w, "Logged out; %s deleted\n", g.tokenFile)
 		})
 	}

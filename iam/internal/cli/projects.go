@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"plasmacloud.dev/pkg/cliout"
 	"plasmacloud.dev/pkg/iamclient"
 	iamv1 "plasmacloud.dev/proto/iam/v1"
 )
@@ -30,30 +31,30 @@ func projectCommand() *cobra.Command {
 	var description string
 	create := &cobra.Command{Use: "create NAME", Short: "Create a project", Args: one}
 	create.Flags().StringVar(&description, "description", "", "what the project is for")
-	create.RunE = clientCommand(g, nameArg("project"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	create.RunE = clientCommand(g, nameArg("project"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.CreateProject(ctx, &iamv1.CreateProjectRequest{Project: &iamv1.Project{Name: args[0], Description: description}})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.Project{resp.GetProject()}, projectHeader, projectRow)
+		return cliout.Messages(p, []*iamv1.Project{resp.GetProject()}, projectHeader, projectRow)
 	})
 
 	get := &cobra.Command{Use: "get NAME", Short: "Show a project", Args: one}
-	get.RunE = clientCommand(g, nameArg("project"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	get.RunE = clientCommand(g, nameArg("project"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.GetProject(ctx, &iamv1.GetProjectRequest{Name: args[0]})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.Project{resp.GetProject()}, projectHeader, projectRow)
+		return cliout.Messages(p, []*iamv1.Project{resp.GetProject()}, projectHeader, projectRow)
 	})
 
 	list := &cobra.Command{Use: "list", Short: "List projects", Args: cobra.NoArgs}
-	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 		resp, err := c.ListProjects(ctx, &iamv1.ListProjectsRequest{})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, resp.GetProjects(), projectHeader, projectRow)
+		return cliout.Messages(p, resp.GetProjects(), projectHeader, projectRow)
 	})
 
 	del := &cobra.Command{
@@ -61,7 +62,7 @@ func projectCommand() *cobra.Command {
 		Short: "Delete a project (refused while bindings or service accounts refer to it)",
 		Args:  one,
 	}
-	del.RunE = clientCommand(g, nameArg("project"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	del.RunE = clientCommand(g, nameArg("project"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		if _, err := c.DeleteProject(ctx, &iamv1.DeleteProjectRequest{Name: args[0]}); err != nil {
 			return err
 		}
@@ -112,30 +113,30 @@ func roleCommand() *cobra.Command {
 			return err
 		}
 		return checkPermissions(perms)
-	}, func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	}, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.CreateRole(ctx, &iamv1.CreateRoleRequest{Role: &iamv1.Role{Name: args[0], Permissions: perms, Description: description}})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.Role{resp.GetRole()}, roleHeader, roleRow)
+		return cliout.Messages(p, []*iamv1.Role{resp.GetRole()}, roleHeader, roleRow)
 	})
 
 	get := &cobra.Command{Use: "get NAME", Short: "Show a role", Args: one}
-	get.RunE = clientCommand(g, nameArg("role"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	get.RunE = clientCommand(g, nameArg("role"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.GetRole(ctx, &iamv1.GetRoleRequest{Name: args[0]})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.Role{resp.GetRole()}, roleHeader, roleRow)
+		return cliout.Messages(p, []*iamv1.Role{resp.GetRole()}, roleHeader, roleRow)
 	})
 
 	list := &cobra.Command{Use: "list", Short: "List roles", Args: cobra.NoArgs}
-	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 		resp, err := c.ListRoles(ctx, &iamv1.ListRolesRequest{})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, resp.GetRoles(), roleHeader, roleRow)
+		return cliout.Messages(p, resp.GetRoles(), roleHeader, roleRow)
 	})
 
 	var upPerms []string
@@ -152,7 +153,7 @@ func roleCommand() *cobra.Command {
 			return err
 		}
 		return checkPermissions(upPerms)
-	}, func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	}, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		req := &iamv1.UpdateRoleRequest{Name: args[0], Permissions: upPerms}
 		if update.Flags().Changed("description") {
 			req.Description = &upDescription
@@ -161,11 +162,11 @@ func roleCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.Role{resp.GetRole()}, roleHeader, roleRow)
+		return cliout.Messages(p, []*iamv1.Role{resp.GetRole()}, roleHeader, roleRow)
 	})
 
 	del := &cobra.Command{Use: "delete NAME", Short: "Delete a role (refused for built-in roles and roles still bound)", Args: one}
-	del.RunE = clientCommand(g, nameArg("role"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	del.RunE = clientCommand(g, nameArg("role"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		if _, err := c.DeleteRole(ctx, &iamv1.DeleteRoleRequest{Name: args[0]}); err != nil {
 			return err
 		}
@@ -220,7 +221,7 @@ func bindCommand() *cobra.Command {
 	})
 	cmd.Flags().StringVar(&project, "project", "", "project the binding applies to (omitted: global)")
 	cmd.Flags().BoolVar(&deny, "deny", false, "deny the role's permissions instead of allowing them")
-	cmd.RunE = clientCommand(g, bindingArgs(&project), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, bindingArgs(&project), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		effect := iamv1.Effect_EFFECT_ALLOW
 		if deny {
 			effect = iamv1.Effect_EFFECT_DENY
@@ -231,7 +232,7 @@ func bindCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.Binding{resp.GetBinding()}, bindingHeader, bindingRow)
+		return cliout.Messages(p, []*iamv1.Binding{resp.GetBinding()}, bindingHeader, bindingRow)
 	})
 	return cmd
 }
@@ -245,7 +246,7 @@ func unbindCommand() *cobra.Command {
 		Args:  cobra.ExactArgs(2),
 	})
 	cmd.Flags().StringVar(&project, "project", "", "project of the binding (omitted: the global binding)")
-	cmd.RunE = clientCommand(g, bindingArgs(&project), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, bindingArgs(&project), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		if _, err := c.DeleteBinding(ctx, &iamv1.DeleteBindingRequest{Principal: args[0], Role: args[1], Project: project}); err != nil {
 			return err
 		}
@@ -253,7 +254,7 @@ func unbindCommand() *cobra.Command {
 		if project != "" {
 			where = "in project " + project
 		}
-		return p.value(map[string]any{"unbound": true, "principal": args[0], "role": args[1], "project": project}, func(w io.Writer) {
+		return p.Value(map[string]any{"unbound": true, "principal": args[0], "role": args[1], "project": project}, func(w io.Writer) {
 			fmt.Fprintf(w, "Removed the binding of %s to %s %s\n", args[0], args[1], where)
 		})
 	})
@@ -280,12 +281,12 @@ func bindingsCommand() *cobra.Command {
 			return checkName("project", project)
 		}
 		return nil
-	}, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+	}, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 		resp, err := c.ListBindings(ctx, &iamv1.ListBindingsRequest{Principal: principal, Project: project})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, resp.GetBindings(), bindingHeader, bindingRow)
+		return cliout.Messages(p, resp.GetBindings(), bindingHeader, bindingRow)
 	})
 	return cmd
 }

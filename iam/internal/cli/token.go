@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"plasmacloud.dev/pkg/cliout"
 	"plasmacloud.dev/pkg/iamclient"
 	iamv1 "plasmacloud.dev/proto/iam/v1"
 )
@@ -111,7 +112,7 @@ func tokenInspectCommand(g *globals) *cobra.Command {
 				out["error"] = verr.Error()
 			}
 		}
-		if err := g.printer(cmd).value(out, func(w io.Writer) { printToken(w, header, claims, verify, verr) }); err != nil {
+		if err := g.printer(cmd).Value(out, func(w io.Writer) { printToken(w, header, claims, verify, verr) }); err != nil {
 			return err
 		}
 		if verr != nil {
@@ -203,7 +204,7 @@ func printToken(w io.Writer, header, claims map[string]any, verify bool, verr er
 	default:
 		kv = append(kv, "verified", "NO: "+verr.Error())
 	}
-	fields(w, kv...)
+	cliout.Fields(w, kv...)
 }
 
 func orNil(v any) any {
@@ -366,7 +367,7 @@ func tokenRevokeCommand(g *globals) *cobra.Command {
 			}
 			return strings.TrimSpace(string(b)), nil
 		}
-		return clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+		return clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 			req := &iamv1.RevokeRequest{}
 			what := ""
 			switch {
@@ -404,7 +405,7 @@ func tokenRevokeCommand(g *globals) *cobra.Command {
 			if notBefore != nil {
 				when = notBefore.AsTime().UTC().Format(time.RFC3339)
 			}
-			return p.value(map[string]any{"revoked": what, "before": when}, func(w io.Writer) {
+			return p.Value(map[string]any{"revoked": what, "before": when}, func(w io.Writer) {
 				if req.GetWatermark() != nil {
 					fmt.Fprintf(w, "Revoked %s issued before %s\n", what, when)
 					return
@@ -430,24 +431,24 @@ func keysCommand() *cobra.Command {
 		Short: "List and rotate IAM's signing keys",
 	})
 	list := &cobra.Command{Use: "list", Short: "List signing keys and their lifecycle", Args: cobra.NoArgs}
-	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 		resp, err := c.ListKeys(ctx, &iamv1.ListKeysRequest{})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, resp.GetKeys(), keyHeader, keyRow)
+		return cliout.Messages(p, resp.GetKeys(), keyHeader, keyRow)
 	})
 	rotate := &cobra.Command{
 		Use:   "rotate",
 		Short: "Create a new signing key (pending: published first, active once verifiers can have it)",
 		Args:  cobra.NoArgs,
 	}
-	rotate.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+	rotate.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 		resp, err := c.RotateKey(ctx, &iamv1.RotateKeyRequest{})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.SigningKey{resp.GetKey()}, keyHeader, keyRow)
+		return cliout.Messages(p, []*iamv1.SigningKey{resp.GetKey()}, keyHeader, keyRow)
 	})
 	cmd.AddCommand(list, rotate)
 	return cmd

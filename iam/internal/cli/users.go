@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"plasmacloud.dev/pkg/cliout"
 	"plasmacloud.dev/pkg/iamclient"
 	iamv1 "plasmacloud.dev/proto/iam/v1"
 )
@@ -17,8 +18,8 @@ func userRow(u *iamv1.User) []string {
 	return []string{u.GetName(), orDash(u.GetDisplayName()), yesNo(u.GetDisabled()), ts(u.GetCreateTime()), ts(u.GetUpdateTime())}
 }
 
-func printUsers(p *printer, us ...*iamv1.User) error {
-	return printMessages(p, us, userHeader, userRow)
+func printUsers(p *cliout.Printer, us ...*iamv1.User) error {
+	return cliout.Messages(p, us, userHeader, userRow)
 }
 
 // userCommand is `iam user ...`.
@@ -47,7 +48,7 @@ func userCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+		return clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 			resp, err := c.CreateUser(ctx, &iamv1.CreateUserRequest{
 				User:     &iamv1.User{Name: args[0], DisplayName: displayName, Disabled: disabled},
 				Password: pw,
@@ -60,7 +61,7 @@ func userCommand() *cobra.Command {
 	}
 
 	get := &cobra.Command{Use: "get NAME", Short: "Show a user", Args: one}
-	get.RunE = clientCommand(g, nameArg("user"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	get.RunE = clientCommand(g, nameArg("user"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.GetUser(ctx, &iamv1.GetUserRequest{Name: args[0]})
 		if err != nil {
 			return err
@@ -69,7 +70,7 @@ func userCommand() *cobra.Command {
 	})
 
 	list := &cobra.Command{Use: "list", Short: "List users", Args: cobra.NoArgs}
-	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 		resp, err := c.ListUsers(ctx, &iamv1.ListUsersRequest{})
 		if err != nil {
 			return err
@@ -90,7 +91,7 @@ func userCommand() *cobra.Command {
 			return fmt.Errorf("nothing to update: give --display-name and/or --disabled")
 		}
 		return nil
-	}, func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	}, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		req := &iamv1.UpdateUserRequest{Name: args[0]}
 		if update.Flags().Changed("display-name") {
 			req.DisplayName = &upDisplay
@@ -107,7 +108,7 @@ func userCommand() *cobra.Command {
 
 	setDisabled := func(use, short string, value bool) *cobra.Command {
 		c := &cobra.Command{Use: use + " NAME", Short: short, Args: one}
-		c.RunE = clientCommand(g, nameArg("user"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+		c.RunE = clientCommand(g, nameArg("user"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 			resp, err := c.UpdateUser(ctx, &iamv1.UpdateUserRequest{Name: args[0], Disabled: &value})
 			if err != nil {
 				return err
@@ -128,7 +129,7 @@ func userCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+		return clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 			resp, err := c.UpdateUser(ctx, &iamv1.UpdateUserRequest{Name: args[0], Password: &pw})
 			if err != nil {
 				return err
@@ -138,7 +139,7 @@ func userCommand() *cobra.Command {
 	}
 
 	del := &cobra.Command{Use: "delete NAME", Short: "Delete a user (its tokens are revoked)", Args: one}
-	del.RunE = clientCommand(g, nameArg("user"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	del.RunE = clientCommand(g, nameArg("user"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		if _, err := c.DeleteUser(ctx, &iamv1.DeleteUserRequest{Name: args[0]}); err != nil {
 			return err
 		}
@@ -152,8 +153,8 @@ func userCommand() *cobra.Command {
 }
 
 // deleted reports a deletion.
-func deleted(p *printer, kind, name string) error {
-	return p.value(map[string]any{"deleted": kind, "name": name}, func(w io.Writer) {
+func deleted(p *cliout.Printer, kind, name string) error {
+	return p.Value(map[string]any{"deleted": kind, "name": name}, func(w io.Writer) {
 		fmt.Fprintf(w, "Deleted %s %s\n", kind, name)
 	})
 }
@@ -166,11 +167,11 @@ func saRow(s *iamv1.ServiceAccount) []string {
 }
 
 // printSecret prints a service account's new client secret.
-func printSecret(p *printer, msg interface {
+func printSecret(p *cliout.Printer, msg interface {
 	GetClientSecret() string
 }, name string, resp any) error {
-	return p.value(resp, func(w io.Writer) {
-		fields(w, "client_id", name, "client_secret", msg.GetClientSecret())
+	return p.Value(resp, func(w io.Writer) {
+		cliout.Fields(w, "client_id", name, "client_secret", msg.GetClientSecret())
 		fmt.Fprintln(w, "The secret is shown only this once; IAM keeps only its hash.")
 	})
 }
@@ -198,43 +199,43 @@ func serviceAccountCommand() *cobra.Command {
 			return checkName("project", project)
 		}
 		return nil
-	}, func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	}, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.CreateServiceAccount(ctx, &iamv1.CreateServiceAccountRequest{ServiceAccount: &iamv1.ServiceAccount{
 			Name: args[0], Description: description, Project: project, RateLimitExempt: exempt,
 		}})
 		if err != nil {
 			return err
 		}
-		if p.json {
-			return p.message(resp)
+		if p.JSON() {
+			return p.Message(resp)
 		}
-		if err := printMessages(p, []*iamv1.ServiceAccount{resp.GetServiceAccount()}, saHeader, saRow); err != nil {
+		if err := cliout.Messages(p, []*iamv1.ServiceAccount{resp.GetServiceAccount()}, saHeader, saRow); err != nil {
 			return err
 		}
-		fmt.Fprintln(p.w)
+		fmt.Fprintln(p.Writer())
 		return printSecret(p, resp, args[0], resp)
 	})
 
 	get := &cobra.Command{Use: "get NAME", Short: "Show a service account", Args: one}
-	get.RunE = clientCommand(g, nameArg("service account"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	get.RunE = clientCommand(g, nameArg("service account"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.GetServiceAccount(ctx, &iamv1.GetServiceAccountRequest{Name: args[0]})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, []*iamv1.ServiceAccount{resp.GetServiceAccount()}, saHeader, saRow)
+		return cliout.Messages(p, []*iamv1.ServiceAccount{resp.GetServiceAccount()}, saHeader, saRow)
 	})
 
 	list := &cobra.Command{Use: "list", Short: "List service accounts", Args: cobra.NoArgs}
-	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *printer, _ []string) error {
+	list.RunE = clientCommand(g, nil, func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, _ []string) error {
 		resp, err := c.ListServiceAccounts(ctx, &iamv1.ListServiceAccountsRequest{})
 		if err != nil {
 			return err
 		}
-		return printMessages(p, resp.GetServiceAccounts(), saHeader, saRow)
+		return cliout.Messages(p, resp.GetServiceAccounts(), saHeader, saRow)
 	})
 
 	del := &cobra.Command{Use: "delete NAME", Short: "Delete a service account (its tokens are revoked)", Args: one}
-	del.RunE = clientCommand(g, nameArg("service account"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	del.RunE = clientCommand(g, nameArg("service account"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		if _, err := c.DeleteServiceAccount(ctx, &iamv1.DeleteServiceAccountRequest{Name: args[0]}); err != nil {
 			return err
 		}
@@ -242,13 +243,13 @@ func serviceAccountCommand() *cobra.Command {
 	})
 
 	reset := &cobra.Command{Use: "reset-secret NAME", Short: "Replace a service account's secret (the old one stops working at once)", Args: one}
-	reset.RunE = clientCommand(g, nameArg("service account"), func(ctx context.Context, c *iamclient.Client, p *printer, args []string) error {
+	reset.RunE = clientCommand(g, nameArg("service account"), func(ctx context.Context, c *iamclient.Client, p *cliout.Printer, args []string) error {
 		resp, err := c.ResetServiceAccountSecret(ctx, &iamv1.ResetServiceAccountSecretRequest{Name: args[0]})
 		if err != nil {
 			return err
 		}
-		if p.json {
-			return p.message(resp)
+		if p.JSON() {
+			return p.Message(resp)
 		}
 		return printSecret(p, resp, args[0], resp)
 	})
