@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/pkg/cliout"
 )
 
 // benchConfig is what the bench flags describe.
@@ -125,8 +126,8 @@ func benchCommand() *cobra.Command {
 }
 
 // printBench prints a result as two human lines or one JSON line.
-func printBench(p *printer, r *benchResult) error {
-	return p.value(r, func(w io.Writer) {
+func printBench(p *cliout.Printer, r *benchResult) error {
+	return p.Value(r, func(w io.Writer) {
 		fmt.Fprintf(w, "bench %s: %d ops in %.3fs = %.1f ops/s, %d errors (%d clients, %d conns, %s",
 			r.Bench, r.Total, r.Seconds, r.OpsPerSec, r.Errors, r.Clients, r.Conns, r.Protocol)
 		if r.Watchers > 0 {

@@ -40,6 +40,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/pkg/cliout"
 )
 
 // Environment variables read for the default of --endpoints, in order.
@@ -88,7 +89,7 @@ type globals struct {
 	commandTimeout   time.Duration
 	keepAliveTime    time.Duration
 	keepAliveTimeout time.Duration
-	output           string
+	output           cliout.Output
 	cacert           string
 	cert             string
 	key              string
@@ -96,7 +97,7 @@ type globals struct {
 
 // newGlobals registers the client flags on cmd's persistent flags.
 func newGlobals(cmd *cobra.Command) *globals {
-	g := &globals{}
+	g := &globals{output: cliout.Output{Human: "simple"}}
 	fs := cmd.PersistentFlags()
 	fs.StringSliceVar(&g.endpoints, "endpoints", defaultEndpoints(),
 		"comma-separated member URLs (env "+EnvEndpoints+")")
@@ -107,7 +108,7 @@ func newGlobals(cmd *cobra.Command) *globals {
 		"probe a connection silent this long with a PING (use >= 10s against etcd)")
 	fs.DurationVar(&g.keepAliveTimeout, "keepalive-timeout", 3*time.Second,
 		"fail a connection whose PING is unanswered this long")
-	fs.StringVarP(&g.output, "output", "o", "simple", "output format: simple or json")
+	g.output.Register(fs, "output format: simple or json")
 	fs.StringVar(&g.cacert, "cacert", "", "CA bundle that verifies https:// endpoints")
 	fs.StringVar(&g.cert, "cert", "", "client certificate for mutual TLS")
 	fs.StringVar(&g.key, "key", "", "private key of --cert")
@@ -162,7 +163,7 @@ func (g *globals) tlsConfig() (*tls.Config, error) {
 
 // config returns the client configuration the flags describe.
 func (g *globals) config() (chainfire.Config, error) {
-	if _, err := newPrinter(nil, g.output); err != nil {
+	if err := g.output.Validate(); err != nil {
 		return chainfire.Config{}, err
 	}
 	tlsConf, err := g.tlsConfig()
@@ -209,8 +210,8 @@ func (g *globals) bound(ctx context.Context) (context.Context, context.CancelFun
 }
 
 // printer returns the output printer for cmd.
-func (g *globals) printer(cmd *cobra.Command) *printer {
-	p, err := newPrinter(cmd.OutOrStdout(), g.output)
+func (g *globals) printer(cmd *cobra.Command) *cliout.Printer {
+	p, err := g.output.Printer(cmd.OutOrStdout())
 	if err != nil {
 		// config() validated the format before any output is produced.
 		panic(err)
@@ -220,7 +221,7 @@ func (g *globals) printer(cmd *cobra.Command) *printer {
 
 // clientCommand is the shape of most commands: parse, connect, run with
 // --command-timeout, print.
-func clientCommand(g *globals, run func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error) func(*cobra.Command, []string) error {
+func clientCommand(g *globals, run func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error) func(*cobra.Command, []string) error {
 	return func(cmd *cobra.Command, args []string) error {
 		c, err := g.client()
 		if err != nil {

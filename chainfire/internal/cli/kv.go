@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/pkg/cliout"
 	pb "plasmacloud.dev/proto/etcdserverpb"
 	"plasmacloud.dev/proto/mvccpb"
 )
@@ -29,7 +30,7 @@ func putCommand() *cobra.Command {
 	})
 	cmd.Flags().StringVar(&lease, "lease", "", "attach the key to this lease (hex ID)")
 	cmd.Flags().BoolVar(&prevKV, "prev-kv", false, "print the previous key-value")
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		var value string
 		if len(args) == 2 {
 			value = args[1]
@@ -55,7 +56,7 @@ func putCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) {
+		return p.Result(resp, func(w io.Writer) {
 			fmt.Fprintln(w, "OK")
 			if resp.PrevKv != nil {
 				printKV(w, resp.PrevKv, false)
@@ -120,7 +121,7 @@ func getCommand() *cobra.Command {
 	cmd.Flags().BoolVar(&countOnly, "count-only", false, "print the number of keys only")
 	cmd.Flags().BoolVar(&printValue, "print-value-only", false, "print values only")
 	cmd.Flags().StringVar(&consistency, "consistency", "l", "l (linearizable) or s (serializable)")
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		opts, err := rf.opts(args)
 		if err != nil {
 			return err
@@ -148,7 +149,7 @@ func getCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) {
+		return p.Result(resp, func(w io.Writer) {
 			if countOnly {
 				fmt.Fprintln(w, resp.Count)
 				return
@@ -188,7 +189,7 @@ func delCommand() *cobra.Command {
 	})
 	rf.register(cmd)
 	cmd.Flags().BoolVar(&prevKV, "prev-kv", false, "print the deleted key-values")
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		opts, err := rf.opts(args)
 		if err != nil {
 			return err
@@ -200,7 +201,7 @@ func delCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) {
+		return p.Result(resp, func(w io.Writer) {
 			fmt.Fprintln(w, resp.Deleted)
 			for _, kv := range resp.PrevKvs {
 				printKV(w, kv, false)
@@ -219,7 +220,7 @@ func compactCommand() *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 	})
 	cmd.Flags().BoolVar(&physical, "physical", false, "wait until the compaction is applied to storage")
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		rev, err := strconv.ParseInt(args[0], 10, 64)
 		if err != nil || rev <= 0 {
 			return fmt.Errorf("REVISION %q: must be a positive integer", args[0])
@@ -232,7 +233,7 @@ func compactCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) { fmt.Fprintf(w, "compacted revision %d\n", rev) })
+		return p.Result(resp, func(w io.Writer) { fmt.Fprintf(w, "compacted revision %d\n", rev) })
 	})
 	return cmd
 }
@@ -296,12 +297,12 @@ func watchCommand() *cobra.Command {
 // printWatchResponse prints one watch delivery etcdctl style, or as a
 // WatchResponse message in json mode. Progress notifications are shown only
 // when asked for.
-func printWatchResponse(p *printer, r chainfire.WatchResponse, progress bool) error {
+func printWatchResponse(p *cliout.Printer, r chainfire.WatchResponse, progress bool) error {
 	if r.IsProgressNotify() && !progress {
 		return nil
 	}
 	msg := &pb.WatchResponse{Header: r.Header, Events: r.Events, Created: r.Created}
-	return p.result(msg, func(w io.Writer) {
+	return p.Result(msg, func(w io.Writer) {
 		if r.IsProgressNotify() {
 			fmt.Fprintf(w, "progress notify: revision %d\n", r.Revision())
 			return

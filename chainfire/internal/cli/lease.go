@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/pkg/cliout"
 	pb "plasmacloud.dev/proto/etcdserverpb"
 )
 
@@ -38,7 +39,7 @@ func leaseCommand() *cobra.Command {
 			Use:   "grant TTL",
 			Short: "Create a lease of TTL seconds",
 			Args:  cobra.ExactArgs(1),
-			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 				ttl, err := strconv.ParseInt(args[0], 10, 64)
 				if err != nil || ttl <= 0 {
 					return fmt.Errorf("TTL %q: must be a positive number of seconds", args[0])
@@ -47,7 +48,7 @@ func leaseCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return p.result(resp, func(w io.Writer) {
+				return p.Result(resp, func(w io.Writer) {
 					fmt.Fprintf(w, "lease %016x granted with TTL(%ds)\n", resp.ID, resp.TTL)
 				})
 			}),
@@ -56,7 +57,7 @@ func leaseCommand() *cobra.Command {
 			Use:   "revoke ID",
 			Short: "Revoke a lease, deleting its keys",
 			Args:  cobra.ExactArgs(1),
-			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 				id, err := parseLeaseID(args[0])
 				if err != nil {
 					return err
@@ -65,19 +66,19 @@ func leaseCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return p.result(resp, func(w io.Writer) { fmt.Fprintf(w, "lease %016x revoked\n", id) })
+				return p.Result(resp, func(w io.Writer) { fmt.Fprintf(w, "lease %016x revoked\n", id) })
 			}),
 		},
 		&cobra.Command{
 			Use:   "list",
 			Short: "List all leases",
 			Args:  cobra.NoArgs,
-			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 				resp, err := c.Leases(ctx)
 				if err != nil {
 					return err
 				}
-				return p.result(resp, func(w io.Writer) {
+				return p.Result(resp, func(w io.Writer) {
 					fmt.Fprintf(w, "found %d leases\n", len(resp.Leases))
 					for _, l := range resp.Leases {
 						fmt.Fprintf(w, "%016x\n", l.ID)
@@ -100,7 +101,7 @@ func timeToLiveCommand(g *globals) *cobra.Command {
 		Args:  cobra.ExactArgs(1),
 	}
 	cmd.Flags().BoolVar(&keys, "keys", false, "list the keys attached to the lease")
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		id, err := parseLeaseID(args[0])
 		if err != nil {
 			return err
@@ -109,7 +110,7 @@ func timeToLiveCommand(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) {
+		return p.Result(resp, func(w io.Writer) {
 			if resp.TTL == -1 {
 				fmt.Fprintf(w, "lease %016x already expired\n", id)
 				return
@@ -153,7 +154,7 @@ func keepAliveCommand(g *globals) *cobra.Command {
 		defer c.Close()
 		p := g.printer(cmd)
 		print := func(r *pb.LeaseKeepAliveResponse) error {
-			return p.result(r, func(w io.Writer) {
+			return p.Result(r, func(w io.Writer) {
 				fmt.Fprintf(w, "lease %016x keepalived with TTL(%d)\n", r.ID, r.TTL)
 			})
 		}

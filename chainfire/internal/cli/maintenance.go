@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/pkg/cliout"
 	pb "plasmacloud.dev/proto/etcdserverpb"
 )
 
@@ -24,7 +25,7 @@ func moveLeaderCommand() *cobra.Command {
 		Short: "Transfer leadership to member ID (hex)",
 		Args:  cobra.ExactArgs(1),
 	})
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		target, err := parseMemberID(args[0])
 		if err != nil {
 			return err
@@ -33,7 +34,7 @@ func moveLeaderCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) {
+		return p.Result(resp, func(w io.Writer) {
 			fmt.Fprintf(w, "Leadership transferred from %x to %x\n", resp.GetHeader().GetMemberId(), target)
 		})
 	})
@@ -57,7 +58,7 @@ func statusCommand() *cobra.Command {
 			"Endpoints that do not answer are reported on stderr and make the command fail.",
 		Args: cobra.NoArgs,
 	})
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, _ []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, _ []string) error {
 		eps := c.Endpoints()
 		statuses := make([]*pb.StatusResponse, len(eps))
 		errs := make([]error, len(eps))
@@ -79,14 +80,14 @@ func statusCommand() *cobra.Command {
 			st := statuses[i]
 			if errs[i] != nil {
 				failed = append(failed, fmt.Errorf("endpoint %s: %w", ep, errs[i]))
-				if p.json {
-					if err := p.value(endpointStatus{Endpoint: ep, Error: errs[i].Error()}, nil); err != nil {
+				if p.JSON() {
+					if err := p.Value(endpointStatus{Endpoint: ep, Error: errs[i].Error()}, nil); err != nil {
 						return err
 					}
 				}
 				continue
 			}
-			err := p.value(endpointStatus{Endpoint: ep, Status: rawJSON(st)}, func(w io.Writer) {
+			err := p.Value(endpointStatus{Endpoint: ep, Status: cliout.RawMessage(st)}, func(w io.Writer) {
 				fmt.Fprintf(w, "%s, %x, %s, %s, %v, %v, %d, %d, %d, %s\n",
 					ep, st.GetHeader().GetMemberId(), st.Version, humanBytes(st.DbSize),
 					st.Leader != 0 && st.Leader == st.GetHeader().GetMemberId(), st.IsLearner,
@@ -141,7 +142,7 @@ func snapshotCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return g.printer(cmd).value(map[string]any{"path": args[0], "bytes": n}, func(w io.Writer) {
+		return g.printer(cmd).Value(map[string]any{"path": args[0], "bytes": n}, func(w io.Writer) {
 			fmt.Fprintf(w, "Snapshot saved at %s (%s)\n", args[0], humanBytes(n))
 		})
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"plasmacloud.dev/pkg/chainfire"
+	"plasmacloud.dev/pkg/cliout"
 	pb "plasmacloud.dev/proto/etcdserverpb"
 )
 
@@ -46,12 +47,12 @@ func memberCommand() *cobra.Command {
 			Use:   "list",
 			Short: "List members: ID, status, name, peer URLs, client URLs, is learner",
 			Args:  cobra.NoArgs,
-			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, _ []string) error {
+			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, _ []string) error {
 				resp, err := c.MemberList(ctx)
 				if err != nil {
 					return err
 				}
-				return p.result(resp, func(w io.Writer) {
+				return p.Result(resp, func(w io.Writer) {
 					for _, m := range resp.Members {
 						status := "started"
 						if m.Name == "" {
@@ -69,7 +70,7 @@ func memberCommand() *cobra.Command {
 			Use:   "remove ID",
 			Short: "Remove a member (hex ID)",
 			Args:  cobra.ExactArgs(1),
-			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 				id, err := parseMemberID(args[0])
 				if err != nil {
 					return err
@@ -78,7 +79,7 @@ func memberCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return p.result(resp, func(w io.Writer) {
+				return p.Result(resp, func(w io.Writer) {
 					fmt.Fprintf(w, "Member %16x removed from cluster %16x\n", id, resp.GetHeader().GetClusterId())
 				})
 			}),
@@ -87,7 +88,7 @@ func memberCommand() *cobra.Command {
 			Use:   "promote ID",
 			Short: "Promote a learner to a voting member (hex ID)",
 			Args:  cobra.ExactArgs(1),
-			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+			RunE: clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 				id, err := parseMemberID(args[0])
 				if err != nil {
 					return err
@@ -96,7 +97,7 @@ func memberCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return p.result(resp, func(w io.Writer) {
+				return p.Result(resp, func(w io.Writer) {
 					fmt.Fprintf(w, "Member %16x promoted in cluster %16x\n", id, resp.GetHeader().GetClusterId())
 				})
 			}),
@@ -123,7 +124,7 @@ func memberAddCommand(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&peerURLs, "peer-urls", "", "comma-separated peer URLs of the new member (required)")
 	cmd.Flags().BoolVar(&learner, "learner", false, "add as a non-voting learner")
 	_ = cmd.MarkFlagRequired("peer-urls")
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		name := args[0]
 		urls := splitURLs(peerURLs)
 		if len(urls) == 0 {
@@ -139,7 +140,7 @@ func memberAddCommand(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) {
+		return p.Result(resp, func(w io.Writer) {
 			kind := "Member"
 			if learner {
 				kind = "Learner"
@@ -177,7 +178,7 @@ func memberUpdateCommand(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&peerURLs, "peer-urls", "", "comma-separated new peer URLs (required)")
 	_ = cmd.MarkFlagRequired("peer-urls")
-	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *printer, args []string) error {
+	cmd.RunE = clientCommand(g, func(ctx context.Context, c *chainfire.Client, p *cliout.Printer, args []string) error {
 		id, err := parseMemberID(args[0])
 		if err != nil {
 			return err
@@ -186,7 +187,7 @@ func memberUpdateCommand(g *globals) *cobra.Command {
 		if err != nil {
 			return err
 		}
-		return p.result(resp, func(w io.Writer) {
+		return p.Result(resp, func(w io.Writer) {
 			fmt.Fprintf(w, "Member %16x updated in cluster %16x\n", id, resp.GetHeader().GetClusterId())
 		})
 	})
