@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"connectrpc.com/connect"
@@ -21,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"plasmacloud.dev/pkg/auth"
+	"plasmacloud.dev/pkg/cliout"
 	"plasmacloud.dev/pkg/resilience"
 	pb "plasmacloud.dev/proto/plasmavmc/v1"
 	"plasmacloud.dev/proto/plasmavmc/v1/plasmavmcv1connect"
@@ -38,7 +38,7 @@ const (
 type globals struct {
 	endpoints []string
 	tokenFile string
-	output    string
+	output    cliout.Output
 	timeout   time.Duration
 	out       io.Writer
 }
@@ -47,7 +47,8 @@ func (g *globals) register(cmd *cobra.Command) {
 	f := cmd.PersistentFlags()
 	f.StringSliceVar(&g.endpoints, "endpoints", nil, "PlasmaVMC controller URLs (env "+envEndpoints+"; default "+defaultEndpoint+")")
 	f.StringVar(&g.tokenFile, "token-file", "", "file holding the access token (iam login's file or a bare token; default ~/.config/plasmacloud/token; "+envToken+" is used instead when set and this flag is not)")
-	f.StringVarP(&g.output, "output", "o", "table", "output: table or json (one object per line)")
+	g.output.Human = "table"
+	g.output.Register(f, "output: table or json (one object per line)")
 	f.DurationVar(&g.timeout, "timeout", 30*time.Second, "bound of the whole command, retries included")
 }
 
@@ -155,39 +156,16 @@ func cliError(err error) error {
 	return err
 }
 
-var protoJSON = protojson.MarshalOptions{UseProtoNames: true}
-
-// printList prints messages as JSON lines or as a table.
-func printList[M proto.Message](g *globals, msgs []M, header []string, row func(M) []string) error {
-	if g.output == "json" {
-		for _, m := range msgs {
-			if err := printJSON(g, m); err != nil {
-				return err
-			}
-		}
-		return nil
-	}
-	tw := tabwriter.NewWriter(g.out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, strings.Join(header, "\t"))
-	for _, m := range msgs {
-		fmt.Fprintln(tw, strings.Join(row(m), "\t"))
-	}
-	return tw.Flush()
-}
-
-func printJSON(g *globals, m proto.Message) error {
-	b, err := protoJSON.Marshal(m)
-	if err != nil {
-		return err
-	}
-	_, err = fmt.Fprintf(g.out, "%s\n", b)
-	return err
+// printer returns the output printer of the command (checkOutput has validated the format).
+func (g *globals) printer() *cliout.Printer {
+	return cliout.NewPrinter(g.out, g.output.Format == cliout.JSON)
 }
 
 // printOne prints one message: JSON, or "field: value" lines (multi-line protojson).
 func printOne(g *globals, m proto.Message) error {
-	if g.output == "json" {
-		return printJSON(g, m)
+	p := g.printer()
+	if p.JSON() {
+		return p.Message(m)
 	}
 	b, err := protojson.MarshalOptions{UseProtoNames: true, Multiline: true}.Marshal(m)
 	if err != nil {
@@ -202,8 +180,8 @@ func enumName(s fmt.Stringer, prefix string) string {
 }
 
 func checkOutput(g *globals) error {
-	if g.output != "table" && g.output != "json" {
-		return fmt.Errorf("--output %q: must be table or json", g.output)
+	if f := g.output.Format; f != "table" && f != cliout.JSON {
+		return fmt.Errorf("--output %q: must be table or json", f)
 	}
 	return nil
 }
@@ -343,10 +321,10 @@ func vmCreateCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				if g.output == "json" {
-					return printJSON(g, resp.Msg)
+				if g.output.Format == cliout.JSON {
+					return g.printer().Message(resp.Msg)
 				}
-				return printList(g, []*pb.VM{resp.Msg.Vm}, vmHeader, vmRow)
+				return cliout.Messages(g.printer(), []*pb.VM{resp.Msg.Vm}, vmHeader, vmRow)
 			})
 		},
 	}
@@ -381,7 +359,7 @@ func vmListCommand(g *globals) *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printList(g, resp.Msg.Vms, vmHeader, vmRow)
+				return cliout.Messages(g.printer(), resp.Msg.Vms, vmHeader, vmRow)
 			})
 		},
 	}
@@ -440,7 +418,7 @@ func vmActionCommand(g *globals, verb, short string) *cobra.Command {
 					}
 					op = r.Msg.Operation
 				}
-				return printList(g, []*pb.Operation{op}, opHeader, opRow)
+				return cliout.Messages(g.printer(), []*pb.Operation{op}, opHeader, opRow)
 			})
 		},
 	}
@@ -461,7 +439,7 @@ func hostCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printList(g, resp.Msg.Hosts, []string{"NAME", "STATE", "VCPUS", "MEMORY_MIB", "POOLS", "AGENT"}, func(h *pb.Host) []string {
+				return cliout.Messages(g.printer(), resp.Msg.Hosts, []string{"NAME", "STATE", "VCPUS", "MEMORY_MIB", "POOLS", "AGENT"}, func(h *pb.Host) []string {
 					return []string{h.Name, enumName(h.State, "HOST_STATE_"),
 						fmt.Sprintf("%d/%d", h.GetAllocated().GetVcpus(), h.GetCapacity().GetVcpus()),
 						fmt.Sprintf("%d/%d", h.GetAllocated().GetMemoryMib(), h.GetCapacity().GetMemoryMib()),
@@ -516,7 +494,7 @@ func imageCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printList(g, resp.Msg.Images, []string{"POOL", "NAME", "FORMAT", "PATH"}, func(i *pb.Image) []string {
+				return cliout.Messages(g.printer(), resp.Msg.Images, []string{"POOL", "NAME", "FORMAT", "PATH"}, func(i *pb.Image) []string {
 					return []string{i.Pool, i.Name, i.Format, i.Path}
 				})
 			})
@@ -549,7 +527,7 @@ func operationCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printList(g, resp.Msg.Operations, opHeader, opRow)
+				return cliout.Messages(g.printer(), resp.Msg.Operations, opHeader, opRow)
 			})
 		},
 	}
