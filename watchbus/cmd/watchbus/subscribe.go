@@ -19,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"plasmacloud.dev/pkg/cliout"
 	"plasmacloud.dev/pkg/resilience"
 	"plasmacloud.dev/proto/mvccpb"
 	watchbusv1 "plasmacloud.dev/proto/watchbus/v1"
@@ -98,7 +99,7 @@ func subscribeCommand() *cobra.Command {
 		prefixes                    []string
 		rev                         int64
 		prevKV, snapshot, bookmarks bool
-		output                      string
+		output                      = cliout.Output{Human: "text"}
 		interval                    time.Duration
 		maxEvents                   int
 		timeout                     time.Duration
@@ -124,8 +125,8 @@ key_base64 / value_base64 instead.`,
 			if len(prefixes) == 0 {
 				return errors.New("--prefix: at least one is required")
 			}
-			if output != "" && output != "json" && output != "text" {
-				return fmt.Errorf("-o %q: want json or text", output)
+			if o := output.Format; o != "" && o != cliout.JSON && o != output.Human {
+				return fmt.Errorf("-o %q: want json or text", o)
 			}
 			endpoints, token, err := cf.resolve()
 			if err != nil {
@@ -147,7 +148,7 @@ key_base64 / value_base64 instead.`,
 			}
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			defer out.Flush()
-			p := &printer{w: out, json: output == "json", bookmarks: bookmarks, max: maxEvents}
+			p := &printer{w: out, lines: cliout.NewPrinter(out, true), json: output.Format == cliout.JSON, bookmarks: bookmarks, max: maxEvents}
 			err = subscribeLoop(ctx, endpoints, token, req, p, cmd.ErrOrStderr())
 			out.Flush()
 			var ce *compactedExit
@@ -168,7 +169,7 @@ key_base64 / value_base64 instead.`,
 	f.BoolVar(&prevKV, "prev-kv", false, "include each event's previous value")
 	f.BoolVar(&snapshot, "snapshot", false, "first the state of the prefixes at --rev (or now), then the changes after it")
 	f.BoolVar(&bookmarks, "bookmarks", false, "print bookmarks too")
-	f.StringVarP(&output, "output", "o", "text", "output format: text or json (one object per line)")
+	output.Register(f, "output format: text or json (one object per line)")
 	f.DurationVar(&interval, "bookmark-interval", 0, "bookmark interval when idle (default: the server's, 5s)")
 	f.IntVar(&maxEvents, "max-events", 0, "exit after printing this many events (0: never)")
 	f.DurationVar(&timeout, "timeout", 0, "exit (status 0) after this long (0: never)")
@@ -259,6 +260,7 @@ func connectDetails(err error) *watchbusv1.Compacted {
 // printer writes messages as text or JSON lines.
 type printer struct {
 	w         *bufio.Writer
+	lines     *cliout.Printer // JSON lines to w
 	json      bool
 	bookmarks bool
 	max, n    int
@@ -323,10 +325,8 @@ func (p *printer) print(msg *watchbusv1.SubscribeResponse) error {
 }
 
 func (p *printer) line(v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
+	if err := p.lines.JSONValue(v); err != nil {
 		return err
 	}
-	p.w.Write(append(b, '\n'))
 	return p.w.Flush()
 }
