@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/spf13/pflag"
 )
 
 // TLSFiles names PEM files for a TLS server. With CAFile and ClientCertAuth set, clients must
@@ -71,4 +73,13 @@ func (f TLSFiles) ClientConfig() (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	return cfg, nil
+}
+
+// Register adds a server's API TLS flags to fs, bound to f's fields: --cert-file,
+// --key-file, --trusted-ca-file and --client-cert-auth.
+func (f *TLSFiles) Register(fs *pflag.FlagSet) {
+	fs.StringVar(&f.CertFile, "cert-file", "", "API TLS certificate (PEM)")
+	fs.StringVar(&f.KeyFile, "key-file", "", "API TLS key (PEM)")
+	fs.StringVar(&f.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
+	fs.BoolVar(&f.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
 }

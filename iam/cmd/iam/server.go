@@ -22,7 +22,8 @@ import (
 func serverCommand() *cobra.Command {
 	cfg := server.DefaultConfig()
 	var (
-		logFormat, logLevel, configFile  string
+		logFlags                         plasmaserver.LogFlags
+		configFile                       string
 		masterKeyFile, adminPasswordFile string
 		auditLog                         string
 	)
@@ -45,7 +46,7 @@ On first start the user "admin" (global role admin) is created with the password
 			if err := plasmaserver.ApplyEnvAndConfig(cmd.Flags(), configFile, env); err != nil {
 				return err
 			}
-			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
+			log, err := logFlags.Logger(os.Stderr)
 			if err != nil {
 				return err
 			}
@@ -85,8 +86,7 @@ On first start the user "admin" (global role admin) is created with the password
 	cfg.ChainFire.Register(f)
 	f.StringVar(&cfg.DataDir, "data-dir", "", "accepted for the shared command line; IAM keeps no local state")
 	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and IAM_* environment variables win")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	logFlags.Register(f)
 	f.StringVar(&auditLog, "audit-log", "", "file the audit trail (JSON lines) is appended to (default stderr)")
 	f.StringVar(&cfg.Issuer, "issuer", cfg.Issuer, "iss claim of issued tokens")
 	f.StringSliceVar(&cfg.Audience, "audience", cfg.Audience, "default aud claim of issued tokens; IAM's own API accepts the first")
@@ -100,10 +100,7 @@ On first start the user "admin" (global role admin) is created with the password
 	f.DurationVar(&cfg.KeyRotationInterval, "key-rotation-interval", cfg.KeyRotationInterval, "age of the active signing key at which a rotation starts (0 or negative: never)")
 	f.DurationVar(&cfg.KeyPublishDelay, "key-publish-delay", cfg.KeyPublishDelay, "how long a new key is published before it signs (at least the verifiers' JWKS refresh interval)")
 	f.StringVar(&adminPasswordFile, "bootstrap-admin-password-file", "", "file holding the first-start password of user admin (default: generate one and print it once)")
-	f.StringVar(&cfg.TLS.CertFile, "cert-file", "", "API TLS certificate (PEM)")
-	f.StringVar(&cfg.TLS.KeyFile, "key-file", "", "API TLS key (PEM)")
-	f.StringVar(&cfg.TLS.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
-	f.BoolVar(&cfg.TLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	cfg.TLS.Register(f)
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for in-flight requests")
 	return cmd
 }

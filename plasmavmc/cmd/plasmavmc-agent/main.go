@@ -47,12 +47,13 @@ func runCommand(use string) *cobra.Command {
 	host = strings.ToLower(strings.SplitN(host, ".", 2)[0])
 	cfg := agent.Config{HostName: host, Listen: agent.DefaultListen}
 	var (
-		logFormat, logLevel, configFile string
-		poolLocal, poolShared           string
-		iamEndpoints                    []string
-		clientID, secretFile            string
-		labels                          map[string]string
-		chainFire                       plasmaserver.ChainFireFlags
+		logFlags              plasmaserver.LogFlags
+		configFile            string
+		poolLocal, poolShared string
+		iamEndpoints          []string
+		clientID, secretFile  string
+		labels                map[string]string
+		chainFire             plasmaserver.ChainFireFlags
 	)
 	cmd := &cobra.Command{
 		Use:   use,
@@ -76,7 +77,7 @@ crash by policy. Stopping the agent leaves the VMs running; the next agent re-ad
 			if err := plasmaserver.ApplyEnvAndConfig(cmd.Flags(), configFile, env); err != nil {
 				return err
 			}
-			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
+			log, err := logFlags.Logger(os.Stderr)
 			if err != nil {
 				return err
 			}
@@ -143,7 +144,6 @@ crash by policy. Stopping the agent leaves the VMs running; the next agent re-ad
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", agent.DefaultLeaseTTL, "TTL of the heartbeat lease")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", agent.DefaultStopTimeout, "ACPI shutdown timeout before forcing, when the VM record names none")
 	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and PLASMAVMC_AGENT_* environment variables win")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	logFlags.Register(f)
 	return cmd
 }

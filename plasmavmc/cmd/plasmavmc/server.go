@@ -40,7 +40,10 @@ func serverCommand() *cobra.Command {
 	cfg := serverConfig{Listen: ":7003",
 		Auth:     plasmaserver.AuthFlags{Mode: plasmaserver.AuthIAM, Issuer: auth.DefaultIssuer, Audience: auth.DefaultAudience},
 		LeaseTTL: 5 * time.Second, DrainTimeout: 10 * time.Second}
-	var logFormat, logLevel, configFile, dataDir string
+	var (
+		logFlags            plasmaserver.LogFlags
+		configFile, dataDir string
+	)
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a PlasmaVMC controller replica",
@@ -62,7 +65,7 @@ off, for development only.`,
 			if err := plasmaserver.ApplyEnvAndConfig(cmd.Flags(), configFile, env); err != nil {
 				return err
 			}
-			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
+			log, err := logFlags.Logger(os.Stderr)
 			if err != nil {
 				return err
 			}
@@ -86,12 +89,8 @@ off, for development only.`,
 	f.DurationVar(&cfg.LeaseTTL, "leader-lease-ttl", cfg.LeaseTTL, "TTL of the leader lease: a dead leader is replaced within about this long")
 	f.StringVar(&dataDir, "data-dir", "", "accepted for the shared command line; the controller keeps no local state")
 	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and environment variables win")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
-	f.StringVar(&cfg.TLS.CertFile, "cert-file", "", "API TLS certificate (PEM)")
-	f.StringVar(&cfg.TLS.KeyFile, "key-file", "", "API TLS key (PEM)")
-	f.StringVar(&cfg.TLS.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
-	f.BoolVar(&cfg.TLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	logFlags.Register(f)
+	cfg.TLS.Register(f)
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for in-flight requests")
 	return cmd
 }

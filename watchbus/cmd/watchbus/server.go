@@ -20,7 +20,10 @@ import (
 // PLASMA_CHAINFIRE_ENDPOINTS and --iam-endpoints from PLASMA_IAM_ENDPOINTS. Flags win.
 func serverCommand() *cobra.Command {
 	cfg := server.DefaultConfig()
-	var logFormat, logLevel, configFile string
+	var (
+		logFlags   plasmaserver.LogFlags
+		configFile string
+	)
 	cmd := &cobra.Command{
 		Use:   "server",
 		Short: "Run a WatchBus replica",
@@ -42,7 +45,7 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
 			if configFile != "" {
 				return fmt.Errorf("--config: configuration files are not supported yet; use flags or WATCHBUS_* environment variables")
 			}
-			log, err := plasmaserver.NewLogger(os.Stderr, logFormat, logLevel)
+			log, err := logFlags.Logger(os.Stderr)
 			if err != nil {
 				return err
 			}
@@ -64,17 +67,13 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
 	cfg.ChainFire.Register(f)
 	f.StringVar(&cfg.DataDir, "data-dir", "", "accepted for the shared command line; WatchBus keeps no local state")
 	f.StringVar(&configFile, "config", "", "configuration file (not supported yet: use flags or WATCHBUS_* environment variables)")
-	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	logFlags.Register(f)
 	cfg.Auth.Register(f, "subscribe to anything", "WatchBus's")
 	f.IntVar(&cfg.WindowEvents, "window-events", cfg.WindowEvents, "most events kept in the in-memory window (oldest revisions evicted first)")
 	f.DurationVar(&cfg.WindowAge, "window-age", cfg.WindowAge, "how long a revision stays in the window (0: by count only)")
 	f.IntVar(&cfg.SubscriberQueue, "subscriber-queue", cfg.SubscriberQueue, "revisions a subscriber may lag behind the head before it counts as slow")
 	f.DurationVar(&cfg.SlowConsumerTimeout, "slow-consumer-timeout", cfg.SlowConsumerTimeout, "how long a subscriber may stay at the queue bound before it is cut (ResourceExhausted + resume revision)")
-	f.StringVar(&cfg.TLS.CertFile, "cert-file", "", "API TLS certificate (PEM)")
-	f.StringVar(&cfg.TLS.KeyFile, "key-file", "", "API TLS key (PEM)")
-	f.StringVar(&cfg.TLS.CAFile, "trusted-ca-file", "", "CA for client certificates (PEM)")
-	f.BoolVar(&cfg.TLS.ClientCertAuth, "client-cert-auth", false, "require client certificates signed by --trusted-ca-file")
+	cfg.TLS.Register(f)
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --listen (profiling; off in production)")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for streams to end")
 	return cmd
