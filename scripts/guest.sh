@@ -17,9 +17,10 @@
 # Heartbeat line format, on ttyS0 and on the virtio-serial port org.plasmacloud.hb if present:
 #   PLASMA-HB seq=<n> boot=<uuid> up=<seconds>
 # seq lives in guest RAM (it continues across live migration, resets on a reboot); boot changes on
-# every boot. "PLASMA-BOOTED boot=<uuid> up=<s>" is printed once. The virtio-serial port is written
-# by its own loop (the latest line once a second), so a host side that nobody reads (a unix socket
-# with no client: the guest's write blocks) never stalls the serial heartbeat.
+# every boot. seq=1 is /init's first action (modules, acpid, watchdog come after it), followed once
+# by "PLASMA-BOOTED boot=<uuid> up=<s>". The virtio-serial port is written by its own loop (the
+# latest line once a second), so a host side that nobody reads (a unix socket with no client: the
+# guest's write blocks) never stalls the serial heartbeat.
 #
 # Kernel command line knobs:
 #   plasma.panic_after=N   kernel panic after N heartbeats (pvpanic -> GUEST_PANICKED)
@@ -123,6 +124,14 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || mdev -s
 mount -t tmpfs -o size=1m tmpfs /tmp
+# The first heartbeat comes before any other setup (module loading, acpid: about 1 s under TCG):
+# the agent's restart check waits for a new boot id. The loop below continues at seq=2.
+BOOT=$(cat /proc/sys/kernel/random/boot_id)
+line="PLASMA-HB seq=1 boot=$BOOT up=$(cut -d' ' -f1 /proc/uptime)"
+echo "$line" > /dev/ttyS0
+echo "$line" > /tmp/hb
+echo "PLASMA-BOOTED boot=$BOOT up=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
+n=2
 arg() { for kv in $(cat /proc/cmdline); do case "$kv" in "$1"=*) echo "${kv#*=}";; esac; done; }
 PANIC_AFTER=$(arg plasma.panic_after)
 WDT=$(arg plasma.wdt)
@@ -132,7 +141,6 @@ while read m; do
   *) insmod /lib/modules/$m 2>/dev/null;; esac
 done < /lib/modules/order
 hostname plasma-guest
-BOOT=$(cat /proc/sys/kernel/random/boot_id)
 [ "$(arg plasma.ignore_acpi)" = 1 ] || acpid -c /etc/acpi -l /tmp/acpid.log 2>/dev/null
 VP=
 for p in /sys/class/virtio-ports/*; do
@@ -148,15 +156,13 @@ if [ -n "$DIRTY" ]; then
   dd if=/dev/urandom of=/run/blk bs=1M count=1 2>/dev/null
   ( i=0; while :; do dd if=/run/blk of=/run/dirty bs=1M seek=$i count=1 conv=notrunc 2>/dev/null; i=$(( (i+1) % DIRTY )); done ) &
 fi
-echo "PLASMA-BOOTED boot=$BOOT up=$(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
-n=0
 while :; do
-  n=$((n+1))
   line="PLASMA-HB seq=$n boot=$BOOT up=$(cut -d' ' -f1 /proc/uptime)"
   echo "$line" > /dev/ttyS0
   echo "$line" > /tmp/hb.new && mv /tmp/hb.new /tmp/hb
   if [ -n "$WDT" ] && { [ -z "$WDT_STOP" ] || [ "$n" -lt "$WDT_STOP" ]; }; then echo k >&3 2>/dev/null; fi
   if [ -n "$PANIC_AFTER" ] && [ "$n" -ge "$PANIC_AFTER" ]; then echo "PLASMA-PANIC" > /dev/ttyS0; echo c > /proc/sysrq-trigger; fi
+  n=$((n+1))
   sleep 1
 done
 EOF
