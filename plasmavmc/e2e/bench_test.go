@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"fmt"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -19,15 +18,13 @@ import (
 	pb "plasmacloud.dev/proto/plasmavmc/v1"
 )
 
-// TestBenchCreate measures, for docs/plasmavmc/performance.md: create → first heartbeat
+// BenchmarkCreate measures, for docs/plasmavmc/performance.md: create → first heartbeat
 // (sequential VMs, p50) and 20 VMs created at once across two agents on two fake hosts,
 // each beside the same guest started directly through the driver (raw libvirt: Define +
-// Start, first heartbeat on the serial log). It boots 50 guests: set
-// PLASMAVMC_E2E_BENCH=1 to run it.
-func TestBenchCreate(t *testing.T) {
-	if os.Getenv("PLASMAVMC_E2E_BENCH") == "" {
-		t.Skip("benchmark: set PLASMAVMC_E2E_BENCH=1")
-	}
+// Start, first heartbeat on the serial log). It boots 50 guests (about 5 minutes), once
+// whatever b.N is: `go test -run '^$' -bench BenchmarkCreate -benchtime 1x ./e2e/`.
+func BenchmarkCreate(b *testing.B) {
+	var t testing.TB = b
 	const seq, conc = 5, 20
 	e := newEnv(t, envOptions{})
 	fh1, fh2 := startFakeHost(t, "b1"), startFakeHost(t, "b2")
@@ -147,7 +144,7 @@ func (e *env) deleteAndWait(c clients, id string) {
 }
 
 // parallel runs f(0..n-1) at once and returns each duration and the wall time.
-func parallel(t *testing.T, n int, f func(i int) (time.Duration, error)) ([]time.Duration, time.Duration) {
+func parallel(t testing.TB, n int, f func(i int) (time.Duration, error)) ([]time.Duration, time.Duration) {
 	t.Helper()
 	out := make([]time.Duration, n)
 	errs := make([]error, n)
@@ -166,7 +163,7 @@ func parallel(t *testing.T, n int, f func(i int) (time.Duration, error)) ([]time
 }
 
 // report logs p50 / max / min of ds.
-func report(t *testing.T, what string, ds []time.Duration) {
+func report(t testing.TB, what string, ds []time.Duration) {
 	t.Helper()
 	s := slices.Clone(ds)
 	slices.Sort(s)

@@ -89,7 +89,7 @@ var (
 
 // startFakeHost starts (once per test binary) the fake host named "pve<pid>-<suffix>";
 // it stays up for the following tests and is fenced by TestMain.
-func startFakeHost(t *testing.T, suffix string) *fakeHost {
+func startFakeHost(t testing.TB, suffix string) *fakeHost {
 	t.Helper()
 	hostsMu.Lock()
 	defer hostsMu.Unlock()
@@ -110,7 +110,7 @@ func startFakeHost(t *testing.T, suffix string) *fakeHost {
 }
 
 // initPID is the fake host's PID 1 (as the root namespace sees it).
-func (h *fakeHost) initPID(t *testing.T) int {
+func (h *fakeHost) initPID(t testing.TB) int {
 	b, err := os.ReadFile(filepath.Join(hostsDir(), h.name, "init.pid"))
 	if err != nil {
 		t.Fatal(err)
@@ -124,7 +124,7 @@ func (h *fakeHost) initPID(t *testing.T) int {
 
 // libvirtdPID finds the fake host's libvirtd: a child of its init (libvirtd -d
 // daemonizes, so it is reparented there) named libvirtd; 0 when none.
-func (h *fakeHost) libvirtdPID(t *testing.T) int {
+func (h *fakeHost) libvirtdPID(t testing.TB) int {
 	init := h.initPID(t)
 	files, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", init))
 	for _, f := range files {
@@ -141,7 +141,7 @@ func (h *fakeHost) libvirtdPID(t *testing.T) int {
 }
 
 // restartLibvirtd starts libvirtd again inside the fake host's namespaces.
-func (h *fakeHost) restartLibvirtd(t *testing.T) {
+func (h *fakeHost) restartLibvirtd(t testing.TB) {
 	t.Helper()
 	out, err := exec.Command("nsenter", "-t", strconv.Itoa(h.initPID(t)), "-m", "-p", "--",
 		"/usr/sbin/libvirtd", "-d", "-p", "/run/libvirt/libvirtd.pid").CombinedOutput()
@@ -154,7 +154,7 @@ func (h *fakeHost) restartLibvirtd(t *testing.T) {
 // local pool directory (shared by the agents: one machine) holding the tiny guest's
 // images, and a driver per fake host to look at libvirt directly.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	cf       *chainfiretest.Cluster
 	cfc      *chainfire.Client
 	st       *state.Store
@@ -189,7 +189,7 @@ type envOptions struct {
 
 // newEnv starts ChainFire and the controllers and prepares the pool; agents come with
 // addAgent.
-func newEnv(t *testing.T, o envOptions) *env {
+func newEnv(t testing.TB, o envOptions) *env {
 	t.Helper()
 	harness.RequireRoot(t)
 	g := guestlab.BuildGuest(t)
@@ -285,7 +285,7 @@ func (e *env) startControllers(n int, ctrlArgs []string) {
 	}
 }
 
-func waitReady(t *testing.T, p *harness.Process) {
+func waitReady(t testing.TB, p *harness.Process) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
@@ -485,7 +485,7 @@ func (e *env) domain(fh *fakeHost, id string) (driver.Domain, bool) {
 
 // countDomains counts the fake host's domains named for id (plasma-<id>) through virsh,
 // independently of the driver: a duplicate would show here.
-func countDomains(t *testing.T, fh *fakeHost, id string) int {
+func countDomains(t testing.TB, fh *fakeHost, id string) int {
 	out, err := exec.Command("virsh", "-c", "qemu+unix:///system?socket="+fh.sock, "list", "--all", "--name").CombinedOutput()
 	if err != nil {
 		t.Fatalf("virsh list: %v\n%s", err, out)
@@ -549,7 +549,7 @@ func qemuPID(id string) int {
 var measureRE = regexp.MustCompile(`\s+`)
 
 // measure logs a figure in a greppable line (MEASURE what: value).
-func measure(t *testing.T, what string, v any) {
+func measure(t testing.TB, what string, v any) {
 	t.Helper()
 	t.Logf("MEASURE %s: %v", measureRE.ReplaceAllString(what, " "), v)
 }
