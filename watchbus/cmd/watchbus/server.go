@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
 	plasmaserver "plasmacloud.dev/pkg/server"
 	"plasmacloud.dev/watchbus/internal/server"
@@ -39,11 +38,12 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
   watchbus server --chainfire-endpoints http://127.0.0.1:2379 --auth none   # development`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyEnv(cmd.Flags()); err != nil {
+			env := plasmaserver.EnvNames("WATCHBUS", map[string][]string{
+				"chainfire-endpoints": {"PLASMA_CHAINFIRE_ENDPOINTS"},
+				"iam-endpoints":       {"PLASMA_IAM_ENDPOINTS"},
+			})
+			if err := plasmaserver.ApplyEnvAndConfig(cmd.Flags(), configFile, env); err != nil {
 				return err
-			}
-			if configFile != "" {
-				return fmt.Errorf("--config: configuration files are not supported yet; use flags or WATCHBUS_* environment variables")
 			}
 			log, err := logFlags.Logger(os.Stderr)
 			if err != nil {
@@ -66,7 +66,7 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
 	f.StringVar(&cfg.Listen, "listen", cfg.Listen, "HOST:PORT to serve the API, health and metrics on")
 	cfg.ChainFire.Register(f)
 	f.StringVar(&cfg.DataDir, "data-dir", "", "accepted for the shared command line; WatchBus keeps no local state")
-	f.StringVar(&configFile, "config", "", "configuration file (not supported yet: use flags or WATCHBUS_* environment variables)")
+	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and WATCHBUS_* environment variables win")
 	logFlags.Register(f)
 	cfg.Auth.Register(f, "subscribe to anything", "WatchBus's")
 	f.IntVar(&cfg.WindowEvents, "window-events", cfg.WindowEvents, "most events kept in the in-memory window (oldest revisions evicted first)")
@@ -77,33 +77,4 @@ from IAM (--iam-endpoints). --auth none turns that off, for development only.`,
 	f.BoolVar(&cfg.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --listen (profiling; off in production)")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for streams to end")
 	return cmd
-}
-
-// applyEnv sets every flag not given on the command line from WATCHBUS_<FLAG_NAME>,
-// --chainfire-endpoints from PLASMA_CHAINFIRE_ENDPOINTS and --iam-endpoints from
-// PLASMA_IAM_ENDPOINTS.
-func applyEnv(fs *pflag.FlagSet) error {
-	var err error
-	fs.VisitAll(func(f *pflag.Flag) {
-		if err != nil || f.Changed {
-			return
-		}
-		env := strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		names := []string{"WATCHBUS_" + env}
-		switch f.Name {
-		case "chainfire-endpoints":
-			names = append(names, "PLASMA_CHAINFIRE_ENDPOINTS")
-		case "iam-endpoints":
-			names = append(names, "PLASMA_IAM_ENDPOINTS")
-		}
-		for _, name := range names {
-			if v, ok := os.LookupEnv(name); ok && v != "" {
-				if serr := fs.Set(f.Name, v); serr != nil {
-					err = fmt.Errorf("%s=%q: %w", name, v, serr)
-				}
-				return
-			}
-		}
-	})
-	return err
 }
