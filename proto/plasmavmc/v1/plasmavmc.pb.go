@@ -95,23 +95,30 @@ const (
 	// Gave up (restart limit, unschedulable, driver error); reason says why.
 	VMState_VM_STATE_FAILED   VMState = 7
 	VMState_VM_STATE_DELETING VMState = 8
-	// The host is down or fenced; the HA manager decides what happens next (HA issue).
+	// The host is suspect or down and not yet fenced: the VM may or may not still run there.
 	VMState_VM_STATE_UNKNOWN VMState = 9
+	// The host was fenced and the VM cannot be restarted elsewhere (failover off, or a disk
+	// on a host-local pool); reason says which. It comes back when its host recovers.
+	VMState_VM_STATE_HOST_DOWN VMState = 10
+	// Being live-migrated (VM.migration says where to); still running on VM.host.
+	VMState_VM_STATE_MIGRATING VMState = 11
 )
 
 // Enum value maps for VMState.
 var (
 	VMState_name = map[int32]string{
-		0: "VM_STATE_UNSPECIFIED",
-		1: "VM_STATE_PENDING",
-		2: "VM_STATE_SCHEDULED",
-		3: "VM_STATE_STARTING",
-		4: "VM_STATE_RUNNING",
-		5: "VM_STATE_STOPPING",
-		6: "VM_STATE_STOPPED",
-		7: "VM_STATE_FAILED",
-		8: "VM_STATE_DELETING",
-		9: "VM_STATE_UNKNOWN",
+		0:  "VM_STATE_UNSPECIFIED",
+		1:  "VM_STATE_PENDING",
+		2:  "VM_STATE_SCHEDULED",
+		3:  "VM_STATE_STARTING",
+		4:  "VM_STATE_RUNNING",
+		5:  "VM_STATE_STOPPING",
+		6:  "VM_STATE_STOPPED",
+		7:  "VM_STATE_FAILED",
+		8:  "VM_STATE_DELETING",
+		9:  "VM_STATE_UNKNOWN",
+		10: "VM_STATE_HOST_DOWN",
+		11: "VM_STATE_MIGRATING",
 	}
 	VMState_value = map[string]int32{
 		"VM_STATE_UNSPECIFIED": 0,
@@ -124,6 +131,8 @@ var (
 		"VM_STATE_FAILED":      7,
 		"VM_STATE_DELETING":    8,
 		"VM_STATE_UNKNOWN":     9,
+		"VM_STATE_HOST_DOWN":   10,
+		"VM_STATE_MIGRATING":   11,
 	}
 )
 
@@ -266,12 +275,18 @@ const (
 	HostState_HOST_STATE_UNSPECIFIED HostState = 0
 	// The agent holds its lease.
 	HostState_HOST_STATE_UP HostState = 1
-	// The lease expired.
+	// The lease expired; not yet fenced (its VMs may still run).
 	HostState_HOST_STATE_DOWN HostState = 2
-	// HA issue: declared dead and fenced.
+	// Declared dead: the fence delay passed (the agent self-fenced) or the external fence
+	// action succeeded. Its HA VMs are restarted elsewhere.
 	HostState_HOST_STATE_FENCED HostState = 3
-	// No new VMs are placed on it.
+	// Drained or being drained: no new VMs are placed on it.
 	HostState_HOST_STATE_MAINTENANCE HostState = 4
+	// The agent missed lease renewals (remaining TTL below the suspect threshold).
+	HostState_HOST_STATE_SUSPECT HostState = 5
+	// Back after being fenced: the agent rejoined and destroyed its stale copies; becomes
+	// UP once its agent reports the rejoin done.
+	HostState_HOST_STATE_RECOVERED HostState = 6
 )
 
 // Enum value maps for HostState.
@@ -282,6 +297,8 @@ var (
 		2: "HOST_STATE_DOWN",
 		3: "HOST_STATE_FENCED",
 		4: "HOST_STATE_MAINTENANCE",
+		5: "HOST_STATE_SUSPECT",
+		6: "HOST_STATE_RECOVERED",
 	}
 	HostState_value = map[string]int32{
 		"HOST_STATE_UNSPECIFIED": 0,
@@ -289,6 +306,8 @@ var (
 		"HOST_STATE_DOWN":        2,
 		"HOST_STATE_FENCED":      3,
 		"HOST_STATE_MAINTENANCE": 4,
+		"HOST_STATE_SUSPECT":     5,
+		"HOST_STATE_RECOVERED":   6,
 	}
 )
 
@@ -557,8 +576,11 @@ type HAPolicy struct {
 	// Restarts allowed per window before the VM is FAILED (default 5 per 10 min).
 	MaxRestarts          int32 `protobuf:"varint,2,opt,name=max_restarts,json=maxRestarts,proto3" json:"max_restarts,omitempty"`
 	RestartWindowSeconds int32 `protobuf:"varint,3,opt,name=restart_window_seconds,json=restartWindowSeconds,proto3" json:"restart_window_seconds,omitempty"`
-	// HA issue: restart on another host when the host dies.
-	Failover      bool `protobuf:"varint,4,opt,name=failover,proto3" json:"failover,omitempty"`
+	// Restart on another host when this one is fenced (every disk must be on a shared
+	// pool; otherwise the VM is HOST_DOWN with the reason).
+	Failover bool `protobuf:"varint,4,opt,name=failover,proto3" json:"failover,omitempty"`
+	// Failover order: higher first (default 0); ties by creation time.
+	Priority      int32 `protobuf:"varint,5,opt,name=priority,proto3" json:"priority,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -619,6 +641,13 @@ func (x *HAPolicy) GetFailover() bool {
 		return x.Failover
 	}
 	return false
+}
+
+func (x *HAPolicy) GetPriority() int32 {
+	if x != nil {
+		return x.Priority
+	}
+	return 0
 }
 
 type VMSpec struct {
@@ -805,8 +834,10 @@ type VMStatus struct {
 	// The spec generation the agent has converged to.
 	ObservedGeneration int64                  `protobuf:"varint,8,opt,name=observed_generation,json=observedGeneration,proto3" json:"observed_generation,omitempty"`
 	UpdateTime         *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
-	unknownFields      protoimpl.UnknownFields
-	sizeCache          protoimpl.SizeCache
+	// The placement epoch the reporting agent runs the VM at.
+	Epoch         int64 `protobuf:"varint,10,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VMStatus) Reset() {
@@ -902,6 +933,13 @@ func (x *VMStatus) GetUpdateTime() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *VMStatus) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 type VM struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
 	Id         string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -913,9 +951,16 @@ type VM struct {
 	// Host the scheduler placed it on (empty while PENDING).
 	Host string `protobuf:"bytes,7,opt,name=host,proto3" json:"host,omitempty"`
 	// Incremented by every change of spec or power state.
-	Generation    int64                  `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	Status        *VMStatus              `protobuf:"bytes,10,opt,name=status,proto3" json:"status,omitempty"`
+	Generation int64                  `protobuf:"varint,8,opt,name=generation,proto3" json:"generation,omitempty"`
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	Status     *VMStatus              `protobuf:"bytes,10,opt,name=status,proto3" json:"status,omitempty"`
+	// Placement epoch: incremented by every change of host (schedule, failover, migration
+	// switch). An agent runs a VM only while the current record names it at this epoch; a
+	// domain stamped with an older epoch is a stale copy and is destroyed.
+	Epoch int64 `protobuf:"varint,11,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// Set while a live migration is requested or running (controller writes it; the source
+	// agent performs it and switches ownership when the destination runs).
+	Migration     *Migration `protobuf:"bytes,12,opt,name=migration,proto3" json:"migration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1020,6 +1065,263 @@ func (x *VM) GetStatus() *VMStatus {
 	return nil
 }
 
+func (x *VM) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *VM) GetMigration() *Migration {
+	if x != nil {
+		return x.Migration
+	}
+	return nil
+}
+
+// Migration is a live migration in flight, carried by the VM record.
+type Migration struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	OperationId string                 `protobuf:"bytes,1,opt,name=operation_id,json=operationId,proto3" json:"operation_id,omitempty"`
+	SourceHost  string                 `protobuf:"bytes,2,opt,name=source_host,json=sourceHost,proto3" json:"source_host,omitempty"`
+	TargetHost  string                 `protobuf:"bytes,3,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	// Throttle the guest's vCPUs when memory does not converge.
+	AutoConverge bool `protobuf:"varint,4,opt,name=auto_converge,json=autoConverge,proto3" json:"auto_converge,omitempty"`
+	// Switch to post-copy when pre-copy has not finished after post_copy_after_seconds
+	// (0: never).
+	PostCopyAfterSeconds int32 `protobuf:"varint,5,opt,name=post_copy_after_seconds,json=postCopyAfterSeconds,proto3" json:"post_copy_after_seconds,omitempty"`
+	// Abort (VM stays on the source) when not finished in this many seconds (default 120).
+	TimeoutSeconds int32 `protobuf:"varint,6,opt,name=timeout_seconds,json=timeoutSeconds,proto3" json:"timeout_seconds,omitempty"`
+	// Bandwidth cap in MiB/s (0: libvirt's default).
+	MaxBandwidthMib int64 `protobuf:"varint,7,opt,name=max_bandwidth_mib,json=maxBandwidthMib,proto3" json:"max_bandwidth_mib,omitempty"`
+	// The epoch the VM had on the source when the migration was requested.
+	SourceEpoch   int64 `protobuf:"varint,8,opt,name=source_epoch,json=sourceEpoch,proto3" json:"source_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Migration) Reset() {
+	*x = Migration{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Migration) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Migration) ProtoMessage() {}
+
+func (x *Migration) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Migration.ProtoReflect.Descriptor instead.
+func (*Migration) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *Migration) GetOperationId() string {
+	if x != nil {
+		return x.OperationId
+	}
+	return ""
+}
+
+func (x *Migration) GetSourceHost() string {
+	if x != nil {
+		return x.SourceHost
+	}
+	return ""
+}
+
+func (x *Migration) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
+}
+
+func (x *Migration) GetAutoConverge() bool {
+	if x != nil {
+		return x.AutoConverge
+	}
+	return false
+}
+
+func (x *Migration) GetPostCopyAfterSeconds() int32 {
+	if x != nil {
+		return x.PostCopyAfterSeconds
+	}
+	return 0
+}
+
+func (x *Migration) GetTimeoutSeconds() int32 {
+	if x != nil {
+		return x.TimeoutSeconds
+	}
+	return 0
+}
+
+func (x *Migration) GetMaxBandwidthMib() int64 {
+	if x != nil {
+		return x.MaxBandwidthMib
+	}
+	return 0
+}
+
+func (x *Migration) GetSourceEpoch() int64 {
+	if x != nil {
+		return x.SourceEpoch
+	}
+	return 0
+}
+
+// MigrationProgress is what a migration did, recorded in its operation.
+type MigrationProgress struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	SourceHost string                 `protobuf:"bytes,1,opt,name=source_host,json=sourceHost,proto3" json:"source_host,omitempty"`
+	TargetHost string                 `protobuf:"bytes,2,opt,name=target_host,json=targetHost,proto3" json:"target_host,omitempty"`
+	// "precopy", "postcopy", "done", "failed", "cancelled".
+	Phase                string `protobuf:"bytes,3,opt,name=phase,proto3" json:"phase,omitempty"`
+	DataTotalBytes       int64  `protobuf:"varint,4,opt,name=data_total_bytes,json=dataTotalBytes,proto3" json:"data_total_bytes,omitempty"`
+	DataProcessedBytes   int64  `protobuf:"varint,5,opt,name=data_processed_bytes,json=dataProcessedBytes,proto3" json:"data_processed_bytes,omitempty"`
+	DataRemainingBytes   int64  `protobuf:"varint,6,opt,name=data_remaining_bytes,json=dataRemainingBytes,proto3" json:"data_remaining_bytes,omitempty"`
+	MemoryDirtyRatePages int64  `protobuf:"varint,7,opt,name=memory_dirty_rate_pages,json=memoryDirtyRatePages,proto3" json:"memory_dirty_rate_pages,omitempty"`
+	Iterations           int32  `protobuf:"varint,8,opt,name=iterations,proto3" json:"iterations,omitempty"`
+	// Wall time from start to the destination running.
+	TotalMs int64 `protobuf:"varint,9,opt,name=total_ms,json=totalMs,proto3" json:"total_ms,omitempty"`
+	// Time the guest was paused for the switch-over (QEMU's figure).
+	DowntimeMs       int64 `protobuf:"varint,10,opt,name=downtime_ms,json=downtimeMs,proto3" json:"downtime_ms,omitempty"`
+	AutoConvergeUsed bool  `protobuf:"varint,11,opt,name=auto_converge_used,json=autoConvergeUsed,proto3" json:"auto_converge_used,omitempty"`
+	PostCopyUsed     bool  `protobuf:"varint,12,opt,name=post_copy_used,json=postCopyUsed,proto3" json:"post_copy_used,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *MigrationProgress) Reset() {
+	*x = MigrationProgress{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrationProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrationProgress) ProtoMessage() {}
+
+func (x *MigrationProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrationProgress.ProtoReflect.Descriptor instead.
+func (*MigrationProgress) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *MigrationProgress) GetSourceHost() string {
+	if x != nil {
+		return x.SourceHost
+	}
+	return ""
+}
+
+func (x *MigrationProgress) GetTargetHost() string {
+	if x != nil {
+		return x.TargetHost
+	}
+	return ""
+}
+
+func (x *MigrationProgress) GetPhase() string {
+	if x != nil {
+		return x.Phase
+	}
+	return ""
+}
+
+func (x *MigrationProgress) GetDataTotalBytes() int64 {
+	if x != nil {
+		return x.DataTotalBytes
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetDataProcessedBytes() int64 {
+	if x != nil {
+		return x.DataProcessedBytes
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetDataRemainingBytes() int64 {
+	if x != nil {
+		return x.DataRemainingBytes
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetMemoryDirtyRatePages() int64 {
+	if x != nil {
+		return x.MemoryDirtyRatePages
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetIterations() int32 {
+	if x != nil {
+		return x.Iterations
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetTotalMs() int64 {
+	if x != nil {
+		return x.TotalMs
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetDowntimeMs() int64 {
+	if x != nil {
+		return x.DowntimeMs
+	}
+	return 0
+}
+
+func (x *MigrationProgress) GetAutoConvergeUsed() bool {
+	if x != nil {
+		return x.AutoConvergeUsed
+	}
+	return false
+}
+
+func (x *MigrationProgress) GetPostCopyUsed() bool {
+	if x != nil {
+		return x.PostCopyUsed
+	}
+	return false
+}
+
 type CreateVMRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -1036,7 +1338,7 @@ type CreateVMRequest struct {
 
 func (x *CreateVMRequest) Reset() {
 	*x = CreateVMRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[8]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1350,7 @@ func (x *CreateVMRequest) String() string {
 func (*CreateVMRequest) ProtoMessage() {}
 
 func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[8]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1363,7 @@ func (x *CreateVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMRequest.ProtoReflect.Descriptor instead.
 func (*CreateVMRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{8}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateVMRequest) GetName() string {
@@ -1116,7 +1418,7 @@ type CreateVMResponse struct {
 
 func (x *CreateVMResponse) Reset() {
 	*x = CreateVMResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[9]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1128,7 +1430,7 @@ func (x *CreateVMResponse) String() string {
 func (*CreateVMResponse) ProtoMessage() {}
 
 func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[9]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1141,7 +1443,7 @@ func (x *CreateVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVMResponse.ProtoReflect.Descriptor instead.
 func (*CreateVMResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{9}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateVMResponse) GetVm() *VM {
@@ -1167,7 +1469,7 @@ type GetVMRequest struct {
 
 func (x *GetVMRequest) Reset() {
 	*x = GetVMRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[10]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1179,7 +1481,7 @@ func (x *GetVMRequest) String() string {
 func (*GetVMRequest) ProtoMessage() {}
 
 func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[10]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1192,7 +1494,7 @@ func (x *GetVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMRequest.ProtoReflect.Descriptor instead.
 func (*GetVMRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{10}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetVMRequest) GetId() string {
@@ -1211,7 +1513,7 @@ type GetVMResponse struct {
 
 func (x *GetVMResponse) Reset() {
 	*x = GetVMResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[11]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1223,7 +1525,7 @@ func (x *GetVMResponse) String() string {
 func (*GetVMResponse) ProtoMessage() {}
 
 func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[11]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1236,7 +1538,7 @@ func (x *GetVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVMResponse.ProtoReflect.Descriptor instead.
 func (*GetVMResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{11}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GetVMResponse) GetVm() *VM {
@@ -1257,7 +1559,7 @@ type ListVMsRequest struct {
 
 func (x *ListVMsRequest) Reset() {
 	*x = ListVMsRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[12]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1269,7 +1571,7 @@ func (x *ListVMsRequest) String() string {
 func (*ListVMsRequest) ProtoMessage() {}
 
 func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[12]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1282,7 +1584,7 @@ func (x *ListVMsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsRequest.ProtoReflect.Descriptor instead.
 func (*ListVMsRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{12}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ListVMsRequest) GetProject() string {
@@ -1308,7 +1610,7 @@ type ListVMsResponse struct {
 
 func (x *ListVMsResponse) Reset() {
 	*x = ListVMsResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[13]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1320,7 +1622,7 @@ func (x *ListVMsResponse) String() string {
 func (*ListVMsResponse) ProtoMessage() {}
 
 func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[13]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1333,7 +1635,7 @@ func (x *ListVMsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVMsResponse.ProtoReflect.Descriptor instead.
 func (*ListVMsResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{13}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListVMsResponse) GetVms() []*VM {
@@ -1352,7 +1654,7 @@ type StartVMRequest struct {
 
 func (x *StartVMRequest) Reset() {
 	*x = StartVMRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[14]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1364,7 +1666,7 @@ func (x *StartVMRequest) String() string {
 func (*StartVMRequest) ProtoMessage() {}
 
 func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[14]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1377,7 +1679,7 @@ func (x *StartVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMRequest.ProtoReflect.Descriptor instead.
 func (*StartVMRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{14}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *StartVMRequest) GetId() string {
@@ -1396,7 +1698,7 @@ type StartVMResponse struct {
 
 func (x *StartVMResponse) Reset() {
 	*x = StartVMResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[15]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1710,7 @@ func (x *StartVMResponse) String() string {
 func (*StartVMResponse) ProtoMessage() {}
 
 func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[15]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1723,7 @@ func (x *StartVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartVMResponse.ProtoReflect.Descriptor instead.
 func (*StartVMResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{15}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StartVMResponse) GetOperation() *Operation {
@@ -1442,7 +1744,7 @@ type StopVMRequest struct {
 
 func (x *StopVMRequest) Reset() {
 	*x = StopVMRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[16]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1454,7 +1756,7 @@ func (x *StopVMRequest) String() string {
 func (*StopVMRequest) ProtoMessage() {}
 
 func (x *StopVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[16]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1467,7 +1769,7 @@ func (x *StopVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopVMRequest.ProtoReflect.Descriptor instead.
 func (*StopVMRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{16}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *StopVMRequest) GetId() string {
@@ -1500,7 +1802,7 @@ type StopVMResponse struct {
 
 func (x *StopVMResponse) Reset() {
 	*x = StopVMResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[17]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1814,7 @@ func (x *StopVMResponse) String() string {
 func (*StopVMResponse) ProtoMessage() {}
 
 func (x *StopVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[17]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1827,7 @@ func (x *StopVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopVMResponse.ProtoReflect.Descriptor instead.
 func (*StopVMResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{17}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StopVMResponse) GetOperation() *Operation {
@@ -1544,7 +1846,7 @@ type RebootVMRequest struct {
 
 func (x *RebootVMRequest) Reset() {
 	*x = RebootVMRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[18]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1556,7 +1858,7 @@ func (x *RebootVMRequest) String() string {
 func (*RebootVMRequest) ProtoMessage() {}
 
 func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[18]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1569,7 +1871,7 @@ func (x *RebootVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMRequest.ProtoReflect.Descriptor instead.
 func (*RebootVMRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{18}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RebootVMRequest) GetId() string {
@@ -1588,7 +1890,7 @@ type RebootVMResponse struct {
 
 func (x *RebootVMResponse) Reset() {
 	*x = RebootVMResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[19]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1600,7 +1902,7 @@ func (x *RebootVMResponse) String() string {
 func (*RebootVMResponse) ProtoMessage() {}
 
 func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[19]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1613,7 +1915,7 @@ func (x *RebootVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RebootVMResponse.ProtoReflect.Descriptor instead.
 func (*RebootVMResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{19}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RebootVMResponse) GetOperation() *Operation {
@@ -1632,7 +1934,7 @@ type DeleteVMRequest struct {
 
 func (x *DeleteVMRequest) Reset() {
 	*x = DeleteVMRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[20]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1644,7 +1946,7 @@ func (x *DeleteVMRequest) String() string {
 func (*DeleteVMRequest) ProtoMessage() {}
 
 func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[20]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1657,7 +1959,7 @@ func (x *DeleteVMRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVMRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{20}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeleteVMRequest) GetId() string {
@@ -1676,7 +1978,7 @@ type DeleteVMResponse struct {
 
 func (x *DeleteVMResponse) Reset() {
 	*x = DeleteVMResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[21]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1990,7 @@ func (x *DeleteVMResponse) String() string {
 func (*DeleteVMResponse) ProtoMessage() {}
 
 func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[21]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,10 +2003,140 @@ func (x *DeleteVMResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVMResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVMResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{21}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeleteVMResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+type MigrateVMRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Empty: the scheduler picks.
+	ToHost string `protobuf:"bytes,2,opt,name=to_host,json=toHost,proto3" json:"to_host,omitempty"`
+	// Unset fields take the controller's defaults (--migration-* flags).
+	AutoConverge         *bool  `protobuf:"varint,3,opt,name=auto_converge,json=autoConverge,proto3,oneof" json:"auto_converge,omitempty"`
+	PostCopyAfterSeconds *int32 `protobuf:"varint,4,opt,name=post_copy_after_seconds,json=postCopyAfterSeconds,proto3,oneof" json:"post_copy_after_seconds,omitempty"`
+	TimeoutSeconds       *int32 `protobuf:"varint,5,opt,name=timeout_seconds,json=timeoutSeconds,proto3,oneof" json:"timeout_seconds,omitempty"`
+	MaxBandwidthMib      *int64 `protobuf:"varint,6,opt,name=max_bandwidth_mib,json=maxBandwidthMib,proto3,oneof" json:"max_bandwidth_mib,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *MigrateVMRequest) Reset() {
+	*x = MigrateVMRequest{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateVMRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateVMRequest) ProtoMessage() {}
+
+func (x *MigrateVMRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateVMRequest.ProtoReflect.Descriptor instead.
+func (*MigrateVMRequest) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *MigrateVMRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *MigrateVMRequest) GetToHost() string {
+	if x != nil {
+		return x.ToHost
+	}
+	return ""
+}
+
+func (x *MigrateVMRequest) GetAutoConverge() bool {
+	if x != nil && x.AutoConverge != nil {
+		return *x.AutoConverge
+	}
+	return false
+}
+
+func (x *MigrateVMRequest) GetPostCopyAfterSeconds() int32 {
+	if x != nil && x.PostCopyAfterSeconds != nil {
+		return *x.PostCopyAfterSeconds
+	}
+	return 0
+}
+
+func (x *MigrateVMRequest) GetTimeoutSeconds() int32 {
+	if x != nil && x.TimeoutSeconds != nil {
+		return *x.TimeoutSeconds
+	}
+	return 0
+}
+
+func (x *MigrateVMRequest) GetMaxBandwidthMib() int64 {
+	if x != nil && x.MaxBandwidthMib != nil {
+		return *x.MaxBandwidthMib
+	}
+	return 0
+}
+
+type MigrateVMResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MigrateVMResponse) Reset() {
+	*x = MigrateVMResponse{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MigrateVMResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MigrateVMResponse) ProtoMessage() {}
+
+func (x *MigrateVMResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MigrateVMResponse.ProtoReflect.Descriptor instead.
+func (*MigrateVMResponse) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *MigrateVMResponse) GetOperation() *Operation {
 	if x != nil {
 		return x.Operation
 	}
@@ -1721,7 +2153,7 @@ type Resources struct {
 
 func (x *Resources) Reset() {
 	*x = Resources{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[22]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1733,7 +2165,7 @@ func (x *Resources) String() string {
 func (*Resources) ProtoMessage() {}
 
 func (x *Resources) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[22]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1746,7 +2178,7 @@ func (x *Resources) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Resources.ProtoReflect.Descriptor instead.
 func (*Resources) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{22}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Resources) GetVcpus() int32 {
@@ -1775,13 +2207,24 @@ type Host struct {
 	AgentVersion  string                 `protobuf:"bytes,7,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
 	Hypervisor    string                 `protobuf:"bytes,8,opt,name=hypervisor,proto3" json:"hypervisor,omitempty"`
 	LastHeartbeat *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_heartbeat,json=lastHeartbeat,proto3" json:"last_heartbeat,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Why the host is in its state ("lease expired", "fenced by command", ...).
+	StateReason string `protobuf:"bytes,10,opt,name=state_reason,json=stateReason,proto3" json:"state_reason,omitempty"`
+	// When it entered the state.
+	StateSince *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=state_since,json=stateSince,proto3" json:"state_since,omitempty"`
+	// Where other hosts' libvirtds reach this host's libvirtd for peer-to-peer migration
+	// (a libvirt URI); empty: the host cannot receive live migrations.
+	MigrationUri string `protobuf:"bytes,12,opt,name=migration_uri,json=migrationUri,proto3" json:"migration_uri,omitempty"`
+	// Set by the operator (drain); the scheduler and migrations avoid the host.
+	Maintenance bool `protobuf:"varint,13,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
+	// Agent instance whose rejoin (after a self-fence or a fence) is complete.
+	RejoinedInstance string `protobuf:"bytes,14,opt,name=rejoined_instance,json=rejoinedInstance,proto3" json:"rejoined_instance,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
 	*x = Host{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[23]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +2236,7 @@ func (x *Host) String() string {
 func (*Host) ProtoMessage() {}
 
 func (x *Host) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[23]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +2249,7 @@ func (x *Host) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Host.ProtoReflect.Descriptor instead.
 func (*Host) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{23}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Host) GetName() string {
@@ -1872,6 +2315,471 @@ func (x *Host) GetLastHeartbeat() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *Host) GetStateReason() string {
+	if x != nil {
+		return x.StateReason
+	}
+	return ""
+}
+
+func (x *Host) GetStateSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StateSince
+	}
+	return nil
+}
+
+func (x *Host) GetMigrationUri() string {
+	if x != nil {
+		return x.MigrationUri
+	}
+	return ""
+}
+
+func (x *Host) GetMaintenance() bool {
+	if x != nil {
+		return x.Maintenance
+	}
+	return false
+}
+
+func (x *Host) GetRejoinedInstance() string {
+	if x != nil {
+		return x.RejoinedInstance
+	}
+	return ""
+}
+
+// HostHealth is the HA manager's view of a host, kept at /plasmavmc/health/<host> so a
+// new controller leader continues where the last one stopped.
+type HostHealth struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Host   string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	State  HostState              `protobuf:"varint,2,opt,name=state,proto3,enum=plasmavmc.v1.HostState" json:"state,omitempty"`
+	Reason string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	Since  *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// The agent instance (alive key value) the state was decided about.
+	Instance string `protobuf:"bytes,5,opt,name=instance,proto3" json:"instance,omitempty"`
+	// Fenced at (down + fence delay, or the fence command's success).
+	FencedAt      *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=fenced_at,json=fencedAt,proto3" json:"fenced_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostHealth) Reset() {
+	*x = HostHealth{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostHealth) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostHealth) ProtoMessage() {}
+
+func (x *HostHealth) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostHealth.ProtoReflect.Descriptor instead.
+func (*HostHealth) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *HostHealth) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HostHealth) GetState() HostState {
+	if x != nil {
+		return x.State
+	}
+	return HostState_HOST_STATE_UNSPECIFIED
+}
+
+func (x *HostHealth) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HostHealth) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *HostHealth) GetInstance() string {
+	if x != nil {
+		return x.Instance
+	}
+	return ""
+}
+
+func (x *HostHealth) GetFencedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.FencedAt
+	}
+	return nil
+}
+
+// HostEvent is one host state transition.
+type HostEvent struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          string                 `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	From          HostState              `protobuf:"varint,2,opt,name=from,proto3,enum=plasmavmc.v1.HostState" json:"from,omitempty"`
+	To            HostState              `protobuf:"varint,3,opt,name=to,proto3,enum=plasmavmc.v1.HostState" json:"to,omitempty"`
+	Reason        string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	Time          *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=time,proto3" json:"time,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *HostEvent) Reset() {
+	*x = HostEvent{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *HostEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*HostEvent) ProtoMessage() {}
+
+func (x *HostEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use HostEvent.ProtoReflect.Descriptor instead.
+func (*HostEvent) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *HostEvent) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+func (x *HostEvent) GetFrom() HostState {
+	if x != nil {
+		return x.From
+	}
+	return HostState_HOST_STATE_UNSPECIFIED
+}
+
+func (x *HostEvent) GetTo() HostState {
+	if x != nil {
+		return x.To
+	}
+	return HostState_HOST_STATE_UNSPECIFIED
+}
+
+func (x *HostEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *HostEvent) GetTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Time
+	}
+	return nil
+}
+
+type DrainHostRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainHostRequest) Reset() {
+	*x = DrainHostRequest{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainHostRequest) ProtoMessage() {}
+
+func (x *DrainHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainHostRequest.ProtoReflect.Descriptor instead.
+func (*DrainHostRequest) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DrainHostRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type DrainHostResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Operation     *Operation             `protobuf:"bytes,1,opt,name=operation,proto3" json:"operation,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainHostResponse) Reset() {
+	*x = DrainHostResponse{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainHostResponse) ProtoMessage() {}
+
+func (x *DrainHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainHostResponse.ProtoReflect.Descriptor instead.
+func (*DrainHostResponse) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *DrainHostResponse) GetOperation() *Operation {
+	if x != nil {
+		return x.Operation
+	}
+	return nil
+}
+
+type UndrainHostRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainHostRequest) Reset() {
+	*x = UndrainHostRequest{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainHostRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainHostRequest) ProtoMessage() {}
+
+func (x *UndrainHostRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainHostRequest.ProtoReflect.Descriptor instead.
+func (*UndrainHostRequest) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *UndrainHostRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+type UndrainHostResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Host          *Host                  `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UndrainHostResponse) Reset() {
+	*x = UndrainHostResponse{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UndrainHostResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UndrainHostResponse) ProtoMessage() {}
+
+func (x *UndrainHostResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UndrainHostResponse.ProtoReflect.Descriptor instead.
+func (*UndrainHostResponse) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UndrainHostResponse) GetHost() *Host {
+	if x != nil {
+		return x.Host
+	}
+	return nil
+}
+
+type ListHostEventsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty: every host.
+	Host          string `protobuf:"bytes,1,opt,name=host,proto3" json:"host,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHostEventsRequest) Reset() {
+	*x = ListHostEventsRequest{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHostEventsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHostEventsRequest) ProtoMessage() {}
+
+func (x *ListHostEventsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHostEventsRequest.ProtoReflect.Descriptor instead.
+func (*ListHostEventsRequest) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *ListHostEventsRequest) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
+type ListHostEventsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Events        []*HostEvent           `protobuf:"bytes,1,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListHostEventsResponse) Reset() {
+	*x = ListHostEventsResponse{}
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListHostEventsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListHostEventsResponse) ProtoMessage() {}
+
+func (x *ListHostEventsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListHostEventsResponse.ProtoReflect.Descriptor instead.
+func (*ListHostEventsResponse) Descriptor() ([]byte, []int) {
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *ListHostEventsResponse) GetEvents() []*HostEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
 type ListHostsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1880,7 +2788,7 @@ type ListHostsRequest struct {
 
 func (x *ListHostsRequest) Reset() {
 	*x = ListHostsRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[24]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1892,7 +2800,7 @@ func (x *ListHostsRequest) String() string {
 func (*ListHostsRequest) ProtoMessage() {}
 
 func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[24]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1905,7 +2813,7 @@ func (x *ListHostsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsRequest.ProtoReflect.Descriptor instead.
 func (*ListHostsRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{24}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{36}
 }
 
 type ListHostsResponse struct {
@@ -1917,7 +2825,7 @@ type ListHostsResponse struct {
 
 func (x *ListHostsResponse) Reset() {
 	*x = ListHostsResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[25]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +2837,7 @@ func (x *ListHostsResponse) String() string {
 func (*ListHostsResponse) ProtoMessage() {}
 
 func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[25]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +2850,7 @@ func (x *ListHostsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListHostsResponse.ProtoReflect.Descriptor instead.
 func (*ListHostsResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{25}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListHostsResponse) GetHosts() []*Host {
@@ -1961,7 +2869,7 @@ type GetHostRequest struct {
 
 func (x *GetHostRequest) Reset() {
 	*x = GetHostRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[26]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1973,7 +2881,7 @@ func (x *GetHostRequest) String() string {
 func (*GetHostRequest) ProtoMessage() {}
 
 func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[26]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1986,7 +2894,7 @@ func (x *GetHostRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostRequest.ProtoReflect.Descriptor instead.
 func (*GetHostRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{26}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetHostRequest) GetName() string {
@@ -2005,7 +2913,7 @@ type GetHostResponse struct {
 
 func (x *GetHostResponse) Reset() {
 	*x = GetHostResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[27]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2017,7 +2925,7 @@ func (x *GetHostResponse) String() string {
 func (*GetHostResponse) ProtoMessage() {}
 
 func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[27]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2030,7 +2938,7 @@ func (x *GetHostResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetHostResponse.ProtoReflect.Descriptor instead.
 func (*GetHostResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{27}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetHostResponse) GetHost() *Host {
@@ -2056,7 +2964,7 @@ type Image struct {
 
 func (x *Image) Reset() {
 	*x = Image{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[28]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2068,7 +2976,7 @@ func (x *Image) String() string {
 func (*Image) ProtoMessage() {}
 
 func (x *Image) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[28]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2081,7 +2989,7 @@ func (x *Image) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Image.ProtoReflect.Descriptor instead.
 func (*Image) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{28}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *Image) GetName() string {
@@ -2135,7 +3043,7 @@ type RegisterImageRequest struct {
 
 func (x *RegisterImageRequest) Reset() {
 	*x = RegisterImageRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[29]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2147,7 +3055,7 @@ func (x *RegisterImageRequest) String() string {
 func (*RegisterImageRequest) ProtoMessage() {}
 
 func (x *RegisterImageRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[29]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2160,7 +3068,7 @@ func (x *RegisterImageRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterImageRequest.ProtoReflect.Descriptor instead.
 func (*RegisterImageRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{29}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RegisterImageRequest) GetImage() *Image {
@@ -2179,7 +3087,7 @@ type RegisterImageResponse struct {
 
 func (x *RegisterImageResponse) Reset() {
 	*x = RegisterImageResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[30]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2191,7 +3099,7 @@ func (x *RegisterImageResponse) String() string {
 func (*RegisterImageResponse) ProtoMessage() {}
 
 func (x *RegisterImageResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[30]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2204,7 +3112,7 @@ func (x *RegisterImageResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterImageResponse.ProtoReflect.Descriptor instead.
 func (*RegisterImageResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{30}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RegisterImageResponse) GetImage() *Image {
@@ -2223,7 +3131,7 @@ type ListImagesRequest struct {
 
 func (x *ListImagesRequest) Reset() {
 	*x = ListImagesRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[31]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2235,7 +3143,7 @@ func (x *ListImagesRequest) String() string {
 func (*ListImagesRequest) ProtoMessage() {}
 
 func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[31]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2248,7 +3156,7 @@ func (x *ListImagesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesRequest.ProtoReflect.Descriptor instead.
 func (*ListImagesRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{31}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *ListImagesRequest) GetPool() string {
@@ -2267,7 +3175,7 @@ type ListImagesResponse struct {
 
 func (x *ListImagesResponse) Reset() {
 	*x = ListImagesResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[32]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +3187,7 @@ func (x *ListImagesResponse) String() string {
 func (*ListImagesResponse) ProtoMessage() {}
 
 func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[32]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +3200,7 @@ func (x *ListImagesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListImagesResponse.ProtoReflect.Descriptor instead.
 func (*ListImagesResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{32}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *ListImagesResponse) GetImages() []*Image {
@@ -2306,21 +3214,26 @@ func (x *ListImagesResponse) GetImages() []*Image {
 type Operation struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// "vm.create", "vm.start", "vm.stop", "vm.reboot", "vm.delete".
-	Kind          string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
-	VmId          string                 `protobuf:"bytes,3,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
-	State         OperationState         `protobuf:"varint,4,opt,name=state,proto3,enum=plasmavmc.v1.OperationState" json:"state,omitempty"`
-	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
-	StartTime     *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
-	EndTime       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
-	Project       string                 `protobuf:"bytes,8,opt,name=project,proto3" json:"project,omitempty"`
+	// "vm.create", "vm.start", "vm.stop", "vm.reboot", "vm.delete", "vm.migrate",
+	// "vm.failover", "host.drain".
+	Kind      string                 `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	VmId      string                 `protobuf:"bytes,3,opt,name=vm_id,json=vmId,proto3" json:"vm_id,omitempty"`
+	State     OperationState         `protobuf:"varint,4,opt,name=state,proto3,enum=plasmavmc.v1.OperationState" json:"state,omitempty"`
+	Reason    string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`
+	StartTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=start_time,json=startTime,proto3" json:"start_time,omitempty"`
+	EndTime   *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=end_time,json=endTime,proto3" json:"end_time,omitempty"`
+	Project   string                 `protobuf:"bytes,8,opt,name=project,proto3" json:"project,omitempty"`
+	// vm.migrate: progress while running, figures when finished.
+	Migration *MigrationProgress `protobuf:"bytes,9,opt,name=migration,proto3" json:"migration,omitempty"`
+	// host.drain, vm.failover: the host concerned.
+	Host          string `protobuf:"bytes,10,opt,name=host,proto3" json:"host,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Operation) Reset() {
 	*x = Operation{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[33]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2332,7 +3245,7 @@ func (x *Operation) String() string {
 func (*Operation) ProtoMessage() {}
 
 func (x *Operation) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[33]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2345,7 +3258,7 @@ func (x *Operation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Operation.ProtoReflect.Descriptor instead.
 func (*Operation) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{33}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *Operation) GetId() string {
@@ -2404,6 +3317,20 @@ func (x *Operation) GetProject() string {
 	return ""
 }
 
+func (x *Operation) GetMigration() *MigrationProgress {
+	if x != nil {
+		return x.Migration
+	}
+	return nil
+}
+
+func (x *Operation) GetHost() string {
+	if x != nil {
+		return x.Host
+	}
+	return ""
+}
+
 type GetOperationRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -2413,7 +3340,7 @@ type GetOperationRequest struct {
 
 func (x *GetOperationRequest) Reset() {
 	*x = GetOperationRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[34]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2425,7 +3352,7 @@ func (x *GetOperationRequest) String() string {
 func (*GetOperationRequest) ProtoMessage() {}
 
 func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[34]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2438,7 +3365,7 @@ func (x *GetOperationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationRequest.ProtoReflect.Descriptor instead.
 func (*GetOperationRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{34}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetOperationRequest) GetId() string {
@@ -2457,7 +3384,7 @@ type GetOperationResponse struct {
 
 func (x *GetOperationResponse) Reset() {
 	*x = GetOperationResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[35]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +3396,7 @@ func (x *GetOperationResponse) String() string {
 func (*GetOperationResponse) ProtoMessage() {}
 
 func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[35]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +3409,7 @@ func (x *GetOperationResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetOperationResponse.ProtoReflect.Descriptor instead.
 func (*GetOperationResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{35}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetOperationResponse) GetOperation() *Operation {
@@ -2501,7 +3428,7 @@ type ListOperationsRequest struct {
 
 func (x *ListOperationsRequest) Reset() {
 	*x = ListOperationsRequest{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[36]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2513,7 +3440,7 @@ func (x *ListOperationsRequest) String() string {
 func (*ListOperationsRequest) ProtoMessage() {}
 
 func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[36]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2526,7 +3453,7 @@ func (x *ListOperationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsRequest.ProtoReflect.Descriptor instead.
 func (*ListOperationsRequest) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{36}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *ListOperationsRequest) GetVmId() string {
@@ -2545,7 +3472,7 @@ type ListOperationsResponse struct {
 
 func (x *ListOperationsResponse) Reset() {
 	*x = ListOperationsResponse{}
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[37]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2557,7 +3484,7 @@ func (x *ListOperationsResponse) String() string {
 func (*ListOperationsResponse) ProtoMessage() {}
 
 func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[37]
+	mi := &file_plasmavmc_v1_plasmavmc_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2570,7 +3497,7 @@ func (x *ListOperationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListOperationsResponse.ProtoReflect.Descriptor instead.
 func (*ListOperationsResponse) Descriptor() ([]byte, []int) {
-	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{37}
+	return file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *ListOperationsResponse) GetOperations() []*Operation {
@@ -2595,12 +3522,13 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\finitrd_image\x18\x02 \x01(\tR\vinitrdImage\x12\x18\n" +
 	"\acmdline\x18\x03 \x01(\tR\acmdline\"\x1e\n" +
 	"\x03NIC\x12\x17\n" +
-	"\aport_id\x18\x01 \x01(\tR\x06portId\"\xb6\x01\n" +
+	"\aport_id\x18\x01 \x01(\tR\x06portId\"\xd2\x01\n" +
 	"\bHAPolicy\x125\n" +
 	"\arestart\x18\x01 \x01(\x0e2\x1b.plasmavmc.v1.RestartPolicyR\arestart\x12!\n" +
 	"\fmax_restarts\x18\x02 \x01(\x05R\vmaxRestarts\x124\n" +
 	"\x16restart_window_seconds\x18\x03 \x01(\x05R\x14restartWindowSeconds\x12\x1a\n" +
-	"\bfailover\x18\x04 \x01(\bR\bfailover\"\xbd\x02\n" +
+	"\bfailover\x18\x04 \x01(\bR\bfailover\x12\x1a\n" +
+	"\bpriority\x18\x05 \x01(\x05R\bpriority\"\xbd\x02\n" +
 	"\x06VMSpec\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x05R\x05vcpus\x12\x1d\n" +
 	"\n" +
@@ -2615,7 +3543,7 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x03R\x03seq\x12\x17\n" +
 	"\aboot_id\x18\x02 \x01(\tR\x06bootId\x127\n" +
 	"\tlast_seen\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\blastSeen\x12\x18\n" +
-	"\ahealthy\x18\x04 \x01(\bR\ahealthy\"\xf6\x02\n" +
+	"\ahealthy\x18\x04 \x01(\bR\ahealthy\"\x8c\x03\n" +
 	"\bVMStatus\x12+\n" +
 	"\x05state\x18\x01 \x01(\x0e2\x15.plasmavmc.v1.VMStateR\x05state\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x12\n" +
@@ -2626,7 +3554,9 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\theartbeat\x18\a \x01(\v2\x17.plasmavmc.v1.HeartbeatR\theartbeat\x12/\n" +
 	"\x13observed_generation\x18\b \x01(\x03R\x12observedGeneration\x12;\n" +
 	"\vupdate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"\xb9\x03\n" +
+	"updateTime\x12\x14\n" +
+	"\x05epoch\x18\n" +
+	" \x01(\x03R\x05epoch\"\x86\x04\n" +
 	"\x02VM\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x18\n" +
@@ -2642,10 +3572,42 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\vcreate_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12.\n" +
 	"\x06status\x18\n" +
-	" \x01(\v2\x16.plasmavmc.v1.VMStatusR\x06status\x1a9\n" +
+	" \x01(\v2\x16.plasmavmc.v1.VMStatusR\x06status\x12\x14\n" +
+	"\x05epoch\x18\v \x01(\x03R\x05epoch\x125\n" +
+	"\tmigration\x18\f \x01(\v2\x17.plasmavmc.v1.MigrationR\tmigration\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa0\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x02\n" +
+	"\tMigration\x12!\n" +
+	"\foperation_id\x18\x01 \x01(\tR\voperationId\x12\x1f\n" +
+	"\vsource_host\x18\x02 \x01(\tR\n" +
+	"sourceHost\x12\x1f\n" +
+	"\vtarget_host\x18\x03 \x01(\tR\n" +
+	"targetHost\x12#\n" +
+	"\rauto_converge\x18\x04 \x01(\bR\fautoConverge\x125\n" +
+	"\x17post_copy_after_seconds\x18\x05 \x01(\x05R\x14postCopyAfterSeconds\x12'\n" +
+	"\x0ftimeout_seconds\x18\x06 \x01(\x05R\x0etimeoutSeconds\x12*\n" +
+	"\x11max_bandwidth_mib\x18\a \x01(\x03R\x0fmaxBandwidthMib\x12!\n" +
+	"\fsource_epoch\x18\b \x01(\x03R\vsourceEpoch\"\xe0\x03\n" +
+	"\x11MigrationProgress\x12\x1f\n" +
+	"\vsource_host\x18\x01 \x01(\tR\n" +
+	"sourceHost\x12\x1f\n" +
+	"\vtarget_host\x18\x02 \x01(\tR\n" +
+	"targetHost\x12\x14\n" +
+	"\x05phase\x18\x03 \x01(\tR\x05phase\x12(\n" +
+	"\x10data_total_bytes\x18\x04 \x01(\x03R\x0edataTotalBytes\x120\n" +
+	"\x14data_processed_bytes\x18\x05 \x01(\x03R\x12dataProcessedBytes\x120\n" +
+	"\x14data_remaining_bytes\x18\x06 \x01(\x03R\x12dataRemainingBytes\x125\n" +
+	"\x17memory_dirty_rate_pages\x18\a \x01(\x03R\x14memoryDirtyRatePages\x12\x1e\n" +
+	"\n" +
+	"iterations\x18\b \x01(\x05R\n" +
+	"iterations\x12\x19\n" +
+	"\btotal_ms\x18\t \x01(\x03R\atotalMs\x12\x1f\n" +
+	"\vdowntime_ms\x18\n" +
+	" \x01(\x03R\n" +
+	"downtimeMs\x12,\n" +
+	"\x12auto_converge_used\x18\v \x01(\bR\x10autoConvergeUsed\x12$\n" +
+	"\x0epost_copy_used\x18\f \x01(\bR\fpostCopyUsed\"\xa0\x02\n" +
 	"\x0fCreateVMRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aproject\x18\x02 \x01(\tR\aproject\x12(\n" +
@@ -2686,11 +3648,24 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\x0fDeleteVMRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"I\n" +
 	"\x10DeleteVMResponse\x125\n" +
+	"\toperation\x18\x01 \x01(\v2\x17.plasmavmc.v1.OperationR\toperation\"\xd8\x02\n" +
+	"\x10MigrateVMRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
+	"\ato_host\x18\x02 \x01(\tR\x06toHost\x12(\n" +
+	"\rauto_converge\x18\x03 \x01(\bH\x00R\fautoConverge\x88\x01\x01\x12:\n" +
+	"\x17post_copy_after_seconds\x18\x04 \x01(\x05H\x01R\x14postCopyAfterSeconds\x88\x01\x01\x12,\n" +
+	"\x0ftimeout_seconds\x18\x05 \x01(\x05H\x02R\x0etimeoutSeconds\x88\x01\x01\x12/\n" +
+	"\x11max_bandwidth_mib\x18\x06 \x01(\x03H\x03R\x0fmaxBandwidthMib\x88\x01\x01B\x10\n" +
+	"\x0e_auto_convergeB\x1a\n" +
+	"\x18_post_copy_after_secondsB\x12\n" +
+	"\x10_timeout_secondsB\x14\n" +
+	"\x12_max_bandwidth_mib\"J\n" +
+	"\x11MigrateVMResponse\x125\n" +
 	"\toperation\x18\x01 \x01(\v2\x17.plasmavmc.v1.OperationR\toperation\"@\n" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x05R\x05vcpus\x12\x1d\n" +
 	"\n" +
-	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\"\xc6\x03\n" +
+	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\"\x9a\x05\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.plasmavmc.v1.HostStateR\x05state\x123\n" +
@@ -2702,10 +3677,43 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\n" +
 	"hypervisor\x18\b \x01(\tR\n" +
 	"hypervisor\x12A\n" +
-	"\x0elast_heartbeat\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x1a9\n" +
+	"\x0elast_heartbeat\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\rlastHeartbeat\x12!\n" +
+	"\fstate_reason\x18\n" +
+	" \x01(\tR\vstateReason\x12;\n" +
+	"\vstate_since\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"stateSince\x12#\n" +
+	"\rmigration_uri\x18\f \x01(\tR\fmigrationUri\x12 \n" +
+	"\vmaintenance\x18\r \x01(\bR\vmaintenance\x12+\n" +
+	"\x11rejoined_instance\x18\x0e \x01(\tR\x10rejoinedInstance\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x12\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xee\x01\n" +
+	"\n" +
+	"HostHealth\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12-\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x17.plasmavmc.v1.HostStateR\x05state\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1a\n" +
+	"\binstance\x18\x05 \x01(\tR\binstance\x127\n" +
+	"\tfenced_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bfencedAt\"\xbd\x01\n" +
+	"\tHostEvent\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\x12+\n" +
+	"\x04from\x18\x02 \x01(\x0e2\x17.plasmavmc.v1.HostStateR\x04from\x12'\n" +
+	"\x02to\x18\x03 \x01(\x0e2\x17.plasmavmc.v1.HostStateR\x02to\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12.\n" +
+	"\x04time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\"&\n" +
+	"\x10DrainHostRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"J\n" +
+	"\x11DrainHostResponse\x125\n" +
+	"\toperation\x18\x01 \x01(\v2\x17.plasmavmc.v1.OperationR\toperation\"(\n" +
+	"\x12UndrainHostRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"=\n" +
+	"\x13UndrainHostResponse\x12&\n" +
+	"\x04host\x18\x01 \x01(\v2\x12.plasmavmc.v1.HostR\x04host\"+\n" +
+	"\x15ListHostEventsRequest\x12\x12\n" +
+	"\x04host\x18\x01 \x01(\tR\x04host\"I\n" +
+	"\x16ListHostEventsResponse\x12/\n" +
+	"\x06events\x18\x01 \x03(\v2\x17.plasmavmc.v1.HostEventR\x06events\"\x12\n" +
 	"\x10ListHostsRequest\"=\n" +
 	"\x11ListHostsResponse\x12(\n" +
 	"\x05hosts\x18\x01 \x03(\v2\x12.plasmavmc.v1.HostR\x05hosts\"$\n" +
@@ -2729,7 +3737,7 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\x11ListImagesRequest\x12\x12\n" +
 	"\x04pool\x18\x01 \x01(\tR\x04pool\"A\n" +
 	"\x12ListImagesResponse\x12+\n" +
-	"\x06images\x18\x01 \x03(\v2\x13.plasmavmc.v1.ImageR\x06images\"\x9c\x02\n" +
+	"\x06images\x18\x01 \x03(\v2\x13.plasmavmc.v1.ImageR\x06images\"\xef\x02\n" +
 	"\tOperation\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x13\n" +
@@ -2739,7 +3747,10 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\n" +
 	"start_time\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\tstartTime\x125\n" +
 	"\bend_time\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x18\n" +
-	"\aproject\x18\b \x01(\tR\aproject\"%\n" +
+	"\aproject\x18\b \x01(\tR\aproject\x12=\n" +
+	"\tmigration\x18\t \x01(\v2\x1f.plasmavmc.v1.MigrationProgressR\tmigration\x12\x12\n" +
+	"\x04host\x18\n" +
+	" \x01(\tR\x04host\"%\n" +
 	"\x13GetOperationRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"M\n" +
 	"\x14GetOperationResponse\x125\n" +
@@ -2754,7 +3765,7 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"PowerState\x12\x1b\n" +
 	"\x17POWER_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13POWER_STATE_RUNNING\x10\x01\x12\x17\n" +
-	"\x13POWER_STATE_STOPPED\x10\x02*\xed\x01\n" +
+	"\x13POWER_STATE_STOPPED\x10\x02*\x9d\x02\n" +
 	"\aVMState\x12\x18\n" +
 	"\x14VM_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10VM_STATE_PENDING\x10\x01\x12\x16\n" +
@@ -2765,7 +3776,10 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\x10VM_STATE_STOPPED\x10\x06\x12\x13\n" +
 	"\x0fVM_STATE_FAILED\x10\a\x12\x15\n" +
 	"\x11VM_STATE_DELETING\x10\b\x12\x14\n" +
-	"\x10VM_STATE_UNKNOWN\x10\t*d\n" +
+	"\x10VM_STATE_UNKNOWN\x10\t\x12\x16\n" +
+	"\x12VM_STATE_HOST_DOWN\x10\n" +
+	"\x12\x16\n" +
+	"\x12VM_STATE_MIGRATING\x10\v*d\n" +
 	"\rRestartPolicy\x12\x1e\n" +
 	"\x1aRESTART_POLICY_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15RESTART_POLICY_ALWAYS\x10\x01\x12\x18\n" +
@@ -2774,18 +3788,20 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\x1bWATCHDOG_ACTION_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15WATCHDOG_ACTION_RESET\x10\x01\x12\x1c\n" +
 	"\x18WATCHDOG_ACTION_POWEROFF\x10\x02\x12\x18\n" +
-	"\x14WATCHDOG_ACTION_NONE\x10\x03*\x82\x01\n" +
+	"\x14WATCHDOG_ACTION_NONE\x10\x03*\xb4\x01\n" +
 	"\tHostState\x12\x1a\n" +
 	"\x16HOST_STATE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rHOST_STATE_UP\x10\x01\x12\x13\n" +
 	"\x0fHOST_STATE_DOWN\x10\x02\x12\x15\n" +
 	"\x11HOST_STATE_FENCED\x10\x03\x12\x1a\n" +
-	"\x16HOST_STATE_MAINTENANCE\x10\x04*\x84\x01\n" +
+	"\x16HOST_STATE_MAINTENANCE\x10\x04\x12\x16\n" +
+	"\x12HOST_STATE_SUSPECT\x10\x05\x12\x18\n" +
+	"\x14HOST_STATE_RECOVERED\x10\x06*\x84\x01\n" +
 	"\x0eOperationState\x12\x1f\n" +
 	"\x1bOPERATION_STATE_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17OPERATION_STATE_RUNNING\x10\x01\x12\x18\n" +
 	"\x14OPERATION_STATE_DONE\x10\x02\x12\x1a\n" +
-	"\x16OPERATION_STATE_FAILED\x10\x032\x83\x04\n" +
+	"\x16OPERATION_STATE_FAILED\x10\x032\xd1\x04\n" +
 	"\tVMService\x12I\n" +
 	"\bCreateVM\x12\x1d.plasmavmc.v1.CreateVMRequest\x1a\x1e.plasmavmc.v1.CreateVMResponse\x12@\n" +
 	"\x05GetVM\x12\x1a.plasmavmc.v1.GetVMRequest\x1a\x1b.plasmavmc.v1.GetVMResponse\x12F\n" +
@@ -2793,10 +3809,14 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\aStartVM\x12\x1c.plasmavmc.v1.StartVMRequest\x1a\x1d.plasmavmc.v1.StartVMResponse\x12C\n" +
 	"\x06StopVM\x12\x1b.plasmavmc.v1.StopVMRequest\x1a\x1c.plasmavmc.v1.StopVMResponse\x12I\n" +
 	"\bRebootVM\x12\x1d.plasmavmc.v1.RebootVMRequest\x1a\x1e.plasmavmc.v1.RebootVMResponse\x12I\n" +
-	"\bDeleteVM\x12\x1d.plasmavmc.v1.DeleteVMRequest\x1a\x1e.plasmavmc.v1.DeleteVMResponse2\xa3\x01\n" +
+	"\bDeleteVM\x12\x1d.plasmavmc.v1.DeleteVMRequest\x1a\x1e.plasmavmc.v1.DeleteVMResponse\x12L\n" +
+	"\tMigrateVM\x12\x1e.plasmavmc.v1.MigrateVMRequest\x1a\x1f.plasmavmc.v1.MigrateVMResponse2\xa2\x03\n" +
 	"\vHostService\x12L\n" +
 	"\tListHosts\x12\x1e.plasmavmc.v1.ListHostsRequest\x1a\x1f.plasmavmc.v1.ListHostsResponse\x12F\n" +
-	"\aGetHost\x12\x1c.plasmavmc.v1.GetHostRequest\x1a\x1d.plasmavmc.v1.GetHostResponse2\xb9\x01\n" +
+	"\aGetHost\x12\x1c.plasmavmc.v1.GetHostRequest\x1a\x1d.plasmavmc.v1.GetHostResponse\x12L\n" +
+	"\tDrainHost\x12\x1e.plasmavmc.v1.DrainHostRequest\x1a\x1f.plasmavmc.v1.DrainHostResponse\x12R\n" +
+	"\vUndrainHost\x12 .plasmavmc.v1.UndrainHostRequest\x1a!.plasmavmc.v1.UndrainHostResponse\x12[\n" +
+	"\x0eListHostEvents\x12#.plasmavmc.v1.ListHostEventsRequest\x1a$.plasmavmc.v1.ListHostEventsResponse2\xb9\x01\n" +
 	"\fImageService\x12X\n" +
 	"\rRegisterImage\x12\".plasmavmc.v1.RegisterImageRequest\x1a#.plasmavmc.v1.RegisterImageResponse\x12O\n" +
 	"\n" +
@@ -2818,7 +3838,7 @@ func file_plasmavmc_v1_plasmavmc_proto_rawDescGZIP() []byte {
 }
 
 var file_plasmavmc_v1_plasmavmc_proto_enumTypes = make([]protoimpl.EnumInfo, 6)
-var file_plasmavmc_v1_plasmavmc_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_plasmavmc_v1_plasmavmc_proto_msgTypes = make([]protoimpl.MessageInfo, 53)
 var file_plasmavmc_v1_plasmavmc_proto_goTypes = []any{
 	(PowerState)(0),                // 0: plasmavmc.v1.PowerState
 	(VMState)(0),                   // 1: plasmavmc.v1.VMState
@@ -2834,40 +3854,52 @@ var file_plasmavmc_v1_plasmavmc_proto_goTypes = []any{
 	(*Heartbeat)(nil),              // 11: plasmavmc.v1.Heartbeat
 	(*VMStatus)(nil),               // 12: plasmavmc.v1.VMStatus
 	(*VM)(nil),                     // 13: plasmavmc.v1.VM
-	(*CreateVMRequest)(nil),        // 14: plasmavmc.v1.CreateVMRequest
-	(*CreateVMResponse)(nil),       // 15: plasmavmc.v1.CreateVMResponse
-	(*GetVMRequest)(nil),           // 16: plasmavmc.v1.GetVMRequest
-	(*GetVMResponse)(nil),          // 17: plasmavmc.v1.GetVMResponse
-	(*ListVMsRequest)(nil),         // 18: plasmavmc.v1.ListVMsRequest
-	(*ListVMsResponse)(nil),        // 19: plasmavmc.v1.ListVMsResponse
-	(*StartVMRequest)(nil),         // 20: plasmavmc.v1.StartVMRequest
-	(*StartVMResponse)(nil),        // 21: plasmavmc.v1.StartVMResponse
-	(*StopVMRequest)(nil),          // 22: plasmavmc.v1.StopVMRequest
-	(*StopVMResponse)(nil),         // 23: plasmavmc.v1.StopVMResponse
-	(*RebootVMRequest)(nil),        // 24: plasmavmc.v1.RebootVMRequest
-	(*RebootVMResponse)(nil),       // 25: plasmavmc.v1.RebootVMResponse
-	(*DeleteVMRequest)(nil),        // 26: plasmavmc.v1.DeleteVMRequest
-	(*DeleteVMResponse)(nil),       // 27: plasmavmc.v1.DeleteVMResponse
-	(*Resources)(nil),              // 28: plasmavmc.v1.Resources
-	(*Host)(nil),                   // 29: plasmavmc.v1.Host
-	(*ListHostsRequest)(nil),       // 30: plasmavmc.v1.ListHostsRequest
-	(*ListHostsResponse)(nil),      // 31: plasmavmc.v1.ListHostsResponse
-	(*GetHostRequest)(nil),         // 32: plasmavmc.v1.GetHostRequest
-	(*GetHostResponse)(nil),        // 33: plasmavmc.v1.GetHostResponse
-	(*Image)(nil),                  // 34: plasmavmc.v1.Image
-	(*RegisterImageRequest)(nil),   // 35: plasmavmc.v1.RegisterImageRequest
-	(*RegisterImageResponse)(nil),  // 36: plasmavmc.v1.RegisterImageResponse
-	(*ListImagesRequest)(nil),      // 37: plasmavmc.v1.ListImagesRequest
-	(*ListImagesResponse)(nil),     // 38: plasmavmc.v1.ListImagesResponse
-	(*Operation)(nil),              // 39: plasmavmc.v1.Operation
-	(*GetOperationRequest)(nil),    // 40: plasmavmc.v1.GetOperationRequest
-	(*GetOperationResponse)(nil),   // 41: plasmavmc.v1.GetOperationResponse
-	(*ListOperationsRequest)(nil),  // 42: plasmavmc.v1.ListOperationsRequest
-	(*ListOperationsResponse)(nil), // 43: plasmavmc.v1.ListOperationsResponse
-	nil,                            // 44: plasmavmc.v1.VM.LabelsEntry
-	nil,                            // 45: plasmavmc.v1.CreateVMRequest.LabelsEntry
-	nil,                            // 46: plasmavmc.v1.Host.LabelsEntry
-	(*timestamppb.Timestamp)(nil),  // 47: google.protobuf.Timestamp
+	(*Migration)(nil),              // 14: plasmavmc.v1.Migration
+	(*MigrationProgress)(nil),      // 15: plasmavmc.v1.MigrationProgress
+	(*CreateVMRequest)(nil),        // 16: plasmavmc.v1.CreateVMRequest
+	(*CreateVMResponse)(nil),       // 17: plasmavmc.v1.CreateVMResponse
+	(*GetVMRequest)(nil),           // 18: plasmavmc.v1.GetVMRequest
+	(*GetVMResponse)(nil),          // 19: plasmavmc.v1.GetVMResponse
+	(*ListVMsRequest)(nil),         // 20: plasmavmc.v1.ListVMsRequest
+	(*ListVMsResponse)(nil),        // 21: plasmavmc.v1.ListVMsResponse
+	(*StartVMRequest)(nil),         // 22: plasmavmc.v1.StartVMRequest
+	(*StartVMResponse)(nil),        // 23: plasmavmc.v1.StartVMResponse
+	(*StopVMRequest)(nil),          // 24: plasmavmc.v1.StopVMRequest
+	(*StopVMResponse)(nil),         // 25: plasmavmc.v1.StopVMResponse
+	(*RebootVMRequest)(nil),        // 26: plasmavmc.v1.RebootVMRequest
+	(*RebootVMResponse)(nil),       // 27: plasmavmc.v1.RebootVMResponse
+	(*DeleteVMRequest)(nil),        // 28: plasmavmc.v1.DeleteVMRequest
+	(*DeleteVMResponse)(nil),       // 29: plasmavmc.v1.DeleteVMResponse
+	(*MigrateVMRequest)(nil),       // 30: plasmavmc.v1.MigrateVMRequest
+	(*MigrateVMResponse)(nil),      // 31: plasmavmc.v1.MigrateVMResponse
+	(*Resources)(nil),              // 32: plasmavmc.v1.Resources
+	(*Host)(nil),                   // 33: plasmavmc.v1.Host
+	(*HostHealth)(nil),             // 34: plasmavmc.v1.HostHealth
+	(*HostEvent)(nil),              // 35: plasmavmc.v1.HostEvent
+	(*DrainHostRequest)(nil),       // 36: plasmavmc.v1.DrainHostRequest
+	(*DrainHostResponse)(nil),      // 37: plasmavmc.v1.DrainHostResponse
+	(*UndrainHostRequest)(nil),     // 38: plasmavmc.v1.UndrainHostRequest
+	(*UndrainHostResponse)(nil),    // 39: plasmavmc.v1.UndrainHostResponse
+	(*ListHostEventsRequest)(nil),  // 40: plasmavmc.v1.ListHostEventsRequest
+	(*ListHostEventsResponse)(nil), // 41: plasmavmc.v1.ListHostEventsResponse
+	(*ListHostsRequest)(nil),       // 42: plasmavmc.v1.ListHostsRequest
+	(*ListHostsResponse)(nil),      // 43: plasmavmc.v1.ListHostsResponse
+	(*GetHostRequest)(nil),         // 44: plasmavmc.v1.GetHostRequest
+	(*GetHostResponse)(nil),        // 45: plasmavmc.v1.GetHostResponse
+	(*Image)(nil),                  // 46: plasmavmc.v1.Image
+	(*RegisterImageRequest)(nil),   // 47: plasmavmc.v1.RegisterImageRequest
+	(*RegisterImageResponse)(nil),  // 48: plasmavmc.v1.RegisterImageResponse
+	(*ListImagesRequest)(nil),      // 49: plasmavmc.v1.ListImagesRequest
+	(*ListImagesResponse)(nil),     // 50: plasmavmc.v1.ListImagesResponse
+	(*Operation)(nil),              // 51: plasmavmc.v1.Operation
+	(*GetOperationRequest)(nil),    // 52: plasmavmc.v1.GetOperationRequest
+	(*GetOperationResponse)(nil),   // 53: plasmavmc.v1.GetOperationResponse
+	(*ListOperationsRequest)(nil),  // 54: plasmavmc.v1.ListOperationsRequest
+	(*ListOperationsResponse)(nil), // 55: plasmavmc.v1.ListOperationsResponse
+	nil,                            // 56: plasmavmc.v1.VM.LabelsEntry
+	nil,                            // 57: plasmavmc.v1.CreateVMRequest.LabelsEntry
+	nil,                            // 58: plasmavmc.v1.Host.LabelsEntry
+	(*timestamppb.Timestamp)(nil),  // 59: google.protobuf.Timestamp
 }
 var file_plasmavmc_v1_plasmavmc_proto_depIdxs = []int32{
 	2,  // 0: plasmavmc.v1.HAPolicy.restart:type_name -> plasmavmc.v1.RestartPolicy
@@ -2876,73 +3908,94 @@ var file_plasmavmc_v1_plasmavmc_proto_depIdxs = []int32{
 	8,  // 3: plasmavmc.v1.VMSpec.nics:type_name -> plasmavmc.v1.NIC
 	9,  // 4: plasmavmc.v1.VMSpec.ha:type_name -> plasmavmc.v1.HAPolicy
 	3,  // 5: plasmavmc.v1.VMSpec.watchdog:type_name -> plasmavmc.v1.WatchdogAction
-	47, // 6: plasmavmc.v1.Heartbeat.last_seen:type_name -> google.protobuf.Timestamp
+	59, // 6: plasmavmc.v1.Heartbeat.last_seen:type_name -> google.protobuf.Timestamp
 	1,  // 7: plasmavmc.v1.VMStatus.state:type_name -> plasmavmc.v1.VMState
-	47, // 8: plasmavmc.v1.VMStatus.boot_time:type_name -> google.protobuf.Timestamp
+	59, // 8: plasmavmc.v1.VMStatus.boot_time:type_name -> google.protobuf.Timestamp
 	11, // 9: plasmavmc.v1.VMStatus.heartbeat:type_name -> plasmavmc.v1.Heartbeat
-	47, // 10: plasmavmc.v1.VMStatus.update_time:type_name -> google.protobuf.Timestamp
+	59, // 10: plasmavmc.v1.VMStatus.update_time:type_name -> google.protobuf.Timestamp
 	10, // 11: plasmavmc.v1.VM.spec:type_name -> plasmavmc.v1.VMSpec
 	0,  // 12: plasmavmc.v1.VM.power_state:type_name -> plasmavmc.v1.PowerState
-	44, // 13: plasmavmc.v1.VM.labels:type_name -> plasmavmc.v1.VM.LabelsEntry
-	47, // 14: plasmavmc.v1.VM.create_time:type_name -> google.protobuf.Timestamp
+	56, // 13: plasmavmc.v1.VM.labels:type_name -> plasmavmc.v1.VM.LabelsEntry
+	59, // 14: plasmavmc.v1.VM.create_time:type_name -> google.protobuf.Timestamp
 	12, // 15: plasmavmc.v1.VM.status:type_name -> plasmavmc.v1.VMStatus
-	10, // 16: plasmavmc.v1.CreateVMRequest.spec:type_name -> plasmavmc.v1.VMSpec
-	45, // 17: plasmavmc.v1.CreateVMRequest.labels:type_name -> plasmavmc.v1.CreateVMRequest.LabelsEntry
-	13, // 18: plasmavmc.v1.CreateVMResponse.vm:type_name -> plasmavmc.v1.VM
-	39, // 19: plasmavmc.v1.CreateVMResponse.operation:type_name -> plasmavmc.v1.Operation
-	13, // 20: plasmavmc.v1.GetVMResponse.vm:type_name -> plasmavmc.v1.VM
-	13, // 21: plasmavmc.v1.ListVMsResponse.vms:type_name -> plasmavmc.v1.VM
-	39, // 22: plasmavmc.v1.StartVMResponse.operation:type_name -> plasmavmc.v1.Operation
-	39, // 23: plasmavmc.v1.StopVMResponse.operation:type_name -> plasmavmc.v1.Operation
-	39, // 24: plasmavmc.v1.RebootVMResponse.operation:type_name -> plasmavmc.v1.Operation
-	39, // 25: plasmavmc.v1.DeleteVMResponse.operation:type_name -> plasmavmc.v1.Operation
-	4,  // 26: plasmavmc.v1.Host.state:type_name -> plasmavmc.v1.HostState
-	28, // 27: plasmavmc.v1.Host.capacity:type_name -> plasmavmc.v1.Resources
-	28, // 28: plasmavmc.v1.Host.allocated:type_name -> plasmavmc.v1.Resources
-	46, // 29: plasmavmc.v1.Host.labels:type_name -> plasmavmc.v1.Host.LabelsEntry
-	47, // 30: plasmavmc.v1.Host.last_heartbeat:type_name -> google.protobuf.Timestamp
-	29, // 31: plasmavmc.v1.ListHostsResponse.hosts:type_name -> plasmavmc.v1.Host
-	29, // 32: plasmavmc.v1.GetHostResponse.host:type_name -> plasmavmc.v1.Host
-	47, // 33: plasmavmc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
-	34, // 34: plasmavmc.v1.RegisterImageRequest.image:type_name -> plasmavmc.v1.Image
-	34, // 35: plasmavmc.v1.RegisterImageResponse.image:type_name -> plasmavmc.v1.Image
-	34, // 36: plasmavmc.v1.ListImagesResponse.images:type_name -> plasmavmc.v1.Image
-	5,  // 37: plasmavmc.v1.Operation.state:type_name -> plasmavmc.v1.OperationState
-	47, // 38: plasmavmc.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
-	47, // 39: plasmavmc.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
-	39, // 40: plasmavmc.v1.GetOperationResponse.operation:type_name -> plasmavmc.v1.Operation
-	39, // 41: plasmavmc.v1.ListOperationsResponse.operations:type_name -> plasmavmc.v1.Operation
-	14, // 42: plasmavmc.v1.VMService.CreateVM:input_type -> plasmavmc.v1.CreateVMRequest
-	16, // 43: plasmavmc.v1.VMService.GetVM:input_type -> plasmavmc.v1.GetVMRequest
-	18, // 44: plasmavmc.v1.VMService.ListVMs:input_type -> plasmavmc.v1.ListVMsRequest
-	20, // 45: plasmavmc.v1.VMService.StartVM:input_type -> plasmavmc.v1.StartVMRequest
-	22, // 46: plasmavmc.v1.VMService.StopVM:input_type -> plasmavmc.v1.StopVMRequest
-	24, // 47: plasmavmc.v1.VMService.RebootVM:input_type -> plasmavmc.v1.RebootVMRequest
-	26, // 48: plasmavmc.v1.VMService.DeleteVM:input_type -> plasmavmc.v1.DeleteVMRequest
-	30, // 49: plasmavmc.v1.HostService.ListHosts:input_type -> plasmavmc.v1.ListHostsRequest
-	32, // 50: plasmavmc.v1.HostService.GetHost:input_type -> plasmavmc.v1.GetHostRequest
-	35, // 51: plasmavmc.v1.ImageService.RegisterImage:input_type -> plasmavmc.v1.RegisterImageRequest
-	37, // 52: plasmavmc.v1.ImageService.ListImages:input_type -> plasmavmc.v1.ListImagesRequest
-	40, // 53: plasmavmc.v1.OperationService.GetOperation:input_type -> plasmavmc.v1.GetOperationRequest
-	42, // 54: plasmavmc.v1.OperationService.ListOperations:input_type -> plasmavmc.v1.ListOperationsRequest
-	15, // 55: plasmavmc.v1.VMService.CreateVM:output_type -> plasmavmc.v1.CreateVMResponse
-	17, // 56: plasmavmc.v1.VMService.GetVM:output_type -> plasmavmc.v1.GetVMResponse
-	19, // 57: plasmavmc.v1.VMService.ListVMs:output_type -> plasmavmc.v1.ListVMsResponse
-	21, // 58: plasmavmc.v1.VMService.StartVM:output_type -> plasmavmc.v1.StartVMResponse
-	23, // 59: plasmavmc.v1.VMService.StopVM:output_type -> plasmavmc.v1.StopVMResponse
-	25, // 60: plasmavmc.v1.VMService.RebootVM:output_type -> plasmavmc.v1.RebootVMResponse
-	27, // 61: plasmavmc.v1.VMService.DeleteVM:output_type -> plasmavmc.v1.DeleteVMResponse
-	31, // 62: plasmavmc.v1.HostService.ListHosts:output_type -> plasmavmc.v1.ListHostsResponse
-	33, // 63: plasmavmc.v1.HostService.GetHost:output_type -> plasmavmc.v1.GetHostResponse
-	36, // 64: plasmavmc.v1.ImageService.RegisterImage:output_type -> plasmavmc.v1.RegisterImageResponse
-	38, // 65: plasmavmc.v1.ImageService.ListImages:output_type -> plasmavmc.v1.ListImagesResponse
-	41, // 66: plasmavmc.v1.OperationService.GetOperation:output_type -> plasmavmc.v1.GetOperationResponse
-	43, // 67: plasmavmc.v1.OperationService.ListOperations:output_type -> plasmavmc.v1.ListOperationsResponse
-	55, // [55:68] is the sub-list for method output_type
-	42, // [42:55] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	14, // 16: plasmavmc.v1.VM.migration:type_name -> plasmavmc.v1.Migration
+	10, // 17: plasmavmc.v1.CreateVMRequest.spec:type_name -> plasmavmc.v1.VMSpec
+	57, // 18: plasmavmc.v1.CreateVMRequest.labels:type_name -> plasmavmc.v1.CreateVMRequest.LabelsEntry
+	13, // 19: plasmavmc.v1.CreateVMResponse.vm:type_name -> plasmavmc.v1.VM
+	51, // 20: plasmavmc.v1.CreateVMResponse.operation:type_name -> plasmavmc.v1.Operation
+	13, // 21: plasmavmc.v1.GetVMResponse.vm:type_name -> plasmavmc.v1.VM
+	13, // 22: plasmavmc.v1.ListVMsResponse.vms:type_name -> plasmavmc.v1.VM
+	51, // 23: plasmavmc.v1.StartVMResponse.operation:type_name -> plasmavmc.v1.Operation
+	51, // 24: plasmavmc.v1.StopVMResponse.operation:type_name -> plasmavmc.v1.Operation
+	51, // 25: plasmavmc.v1.RebootVMResponse.operation:type_name -> plasmavmc.v1.Operation
+	51, // 26: plasmavmc.v1.DeleteVMResponse.operation:type_name -> plasmavmc.v1.Operation
+	51, // 27: plasmavmc.v1.MigrateVMResponse.operation:type_name -> plasmavmc.v1.Operation
+	4,  // 28: plasmavmc.v1.Host.state:type_name -> plasmavmc.v1.HostState
+	32, // 29: plasmavmc.v1.Host.capacity:type_name -> plasmavmc.v1.Resources
+	32, // 30: plasmavmc.v1.Host.allocated:type_name -> plasmavmc.v1.Resources
+	58, // 31: plasmavmc.v1.Host.labels:type_name -> plasmavmc.v1.Host.LabelsEntry
+	59, // 32: plasmavmc.v1.Host.last_heartbeat:type_name -> google.protobuf.Timestamp
+	59, // 33: plasmavmc.v1.Host.state_since:type_name -> google.protobuf.Timestamp
+	4,  // 34: plasmavmc.v1.HostHealth.state:type_name -> plasmavmc.v1.HostState
+	59, // 35: plasmavmc.v1.HostHealth.since:type_name -> google.protobuf.Timestamp
+	59, // 36: plasmavmc.v1.HostHealth.fenced_at:type_name -> google.protobuf.Timestamp
+	4,  // 37: plasmavmc.v1.HostEvent.from:type_name -> plasmavmc.v1.HostState
+	4,  // 38: plasmavmc.v1.HostEvent.to:type_name -> plasmavmc.v1.HostState
+	59, // 39: plasmavmc.v1.HostEvent.time:type_name -> google.protobuf.Timestamp
+	51, // 40: plasmavmc.v1.DrainHostResponse.operation:type_name -> plasmavmc.v1.Operation
+	33, // 41: plasmavmc.v1.UndrainHostResponse.host:type_name -> plasmavmc.v1.Host
+	35, // 42: plasmavmc.v1.ListHostEventsResponse.events:type_name -> plasmavmc.v1.HostEvent
+	33, // 43: plasmavmc.v1.ListHostsResponse.hosts:type_name -> plasmavmc.v1.Host
+	33, // 44: plasmavmc.v1.GetHostResponse.host:type_name -> plasmavmc.v1.Host
+	59, // 45: plasmavmc.v1.Image.create_time:type_name -> google.protobuf.Timestamp
+	46, // 46: plasmavmc.v1.RegisterImageRequest.image:type_name -> plasmavmc.v1.Image
+	46, // 47: plasmavmc.v1.RegisterImageResponse.image:type_name -> plasmavmc.v1.Image
+	46, // 48: plasmavmc.v1.ListImagesResponse.images:type_name -> plasmavmc.v1.Image
+	5,  // 49: plasmavmc.v1.Operation.state:type_name -> plasmavmc.v1.OperationState
+	59, // 50: plasmavmc.v1.Operation.start_time:type_name -> google.protobuf.Timestamp
+	59, // 51: plasmavmc.v1.Operation.end_time:type_name -> google.protobuf.Timestamp
+	15, // 52: plasmavmc.v1.Operation.migration:type_name -> plasmavmc.v1.MigrationProgress
+	51, // 53: plasmavmc.v1.GetOperationResponse.operation:type_name -> plasmavmc.v1.Operation
+	51, // 54: plasmavmc.v1.ListOperationsResponse.operations:type_name -> plasmavmc.v1.Operation
+	16, // 55: plasmavmc.v1.VMService.CreateVM:input_type -> plasmavmc.v1.CreateVMRequest
+	18, // 56: plasmavmc.v1.VMService.GetVM:input_type -> plasmavmc.v1.GetVMRequest
+	20, // 57: plasmavmc.v1.VMService.ListVMs:input_type -> plasmavmc.v1.ListVMsRequest
+	22, // 58: plasmavmc.v1.VMService.StartVM:input_type -> plasmavmc.v1.StartVMRequest
+	24, // 59: plasmavmc.v1.VMService.StopVM:input_type -> plasmavmc.v1.StopVMRequest
+	26, // 60: plasmavmc.v1.VMService.RebootVM:input_type -> plasmavmc.v1.RebootVMRequest
+	28, // 61: plasmavmc.v1.VMService.DeleteVM:input_type -> plasmavmc.v1.DeleteVMRequest
+	30, // 62: plasmavmc.v1.VMService.MigrateVM:input_type -> plasmavmc.v1.MigrateVMRequest
+	42, // 63: plasmavmc.v1.HostService.ListHosts:input_type -> plasmavmc.v1.ListHostsRequest
+	44, // 64: plasmavmc.v1.HostService.GetHost:input_type -> plasmavmc.v1.GetHostRequest
+	36, // 65: plasmavmc.v1.HostService.DrainHost:input_type -> plasmavmc.v1.DrainHostRequest
+	38, // 66: plasmavmc.v1.HostService.UndrainHost:input_type -> plasmavmc.v1.UndrainHostRequest
+	40, // 67: plasmavmc.v1.HostService.ListHostEvents:input_type -> plasmavmc.v1.ListHostEventsRequest
+	47, // 68: plasmavmc.v1.ImageService.RegisterImage:input_type -> plasmavmc.v1.RegisterImageRequest
+	49, // 69: plasmavmc.v1.ImageService.ListImages:input_type -> plasmavmc.v1.ListImagesRequest
+	52, // 70: plasmavmc.v1.OperationService.GetOperation:input_type -> plasmavmc.v1.GetOperationRequest
+	54, // 71: plasmavmc.v1.OperationService.ListOperations:input_type -> plasmavmc.v1.ListOperationsRequest
+	17, // 72: plasmavmc.v1.VMService.CreateVM:output_type -> plasmavmc.v1.CreateVMResponse
+	19, // 73: plasmavmc.v1.VMService.GetVM:output_type -> plasmavmc.v1.GetVMResponse
+	21, // 74: plasmavmc.v1.VMService.ListVMs:output_type -> plasmavmc.v1.ListVMsResponse
+	23, // 75: plasmavmc.v1.VMService.StartVM:output_type -> plasmavmc.v1.StartVMResponse
+	25, // 76: plasmavmc.v1.VMService.StopVM:output_type -> plasmavmc.v1.StopVMResponse
+	27, // 77: plasmavmc.v1.VMService.RebootVM:output_type -> plasmavmc.v1.RebootVMResponse
+	29, // 78: plasmavmc.v1.VMService.DeleteVM:output_type -> plasmavmc.v1.DeleteVMResponse
+	31, // 79: plasmavmc.v1.VMService.MigrateVM:output_type -> plasmavmc.v1.MigrateVMResponse
+	43, // 80: plasmavmc.v1.HostService.ListHosts:output_type -> plasmavmc.v1.ListHostsResponse
+	45, // 81: plasmavmc.v1.HostService.GetHost:output_type -> plasmavmc.v1.GetHostResponse
+	37, // 82: plasmavmc.v1.HostService.DrainHost:output_type -> plasmavmc.v1.DrainHostResponse
+	39, // 83: plasmavmc.v1.HostService.UndrainHost:output_type -> plasmavmc.v1.UndrainHostResponse
+	41, // 84: plasmavmc.v1.HostService.ListHostEvents:output_type -> plasmavmc.v1.ListHostEventsResponse
+	48, // 85: plasmavmc.v1.ImageService.RegisterImage:output_type -> plasmavmc.v1.RegisterImageResponse
+	50, // 86: plasmavmc.v1.ImageService.ListImages:output_type -> plasmavmc.v1.ListImagesResponse
+	53, // 87: plasmavmc.v1.OperationService.GetOperation:output_type -> plasmavmc.v1.GetOperationResponse
+	55, // 88: plasmavmc.v1.OperationService.ListOperations:output_type -> plasmavmc.v1.ListOperationsResponse
+	72, // [72:89] is the sub-list for method output_type
+	55, // [55:72] is the sub-list for method input_type
+	55, // [55:55] is the sub-list for extension type_name
+	55, // [55:55] is the sub-list for extension extendee
+	0,  // [0:55] is the sub-list for field type_name
 }
 
 func init() { file_plasmavmc_v1_plasmavmc_proto_init() }
@@ -2950,13 +4003,14 @@ func file_plasmavmc_v1_plasmavmc_proto_init() {
 	if File_plasmavmc_v1_plasmavmc_proto != nil {
 		return
 	}
+	file_plasmavmc_v1_plasmavmc_proto_msgTypes[24].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_plasmavmc_v1_plasmavmc_proto_rawDesc), len(file_plasmavmc_v1_plasmavmc_proto_rawDesc)),
 			NumEnums:      6,
-			NumMessages:   41,
+			NumMessages:   53,
 			NumExtensions: 0,
 			NumServices:   4,
 		},

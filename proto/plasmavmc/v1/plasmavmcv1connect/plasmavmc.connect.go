@@ -60,10 +60,19 @@ const (
 	VMServiceRebootVMProcedure = "/plasmavmc.v1.VMService/RebootVM"
 	// VMServiceDeleteVMProcedure is the fully-qualified name of the VMService's DeleteVM RPC.
 	VMServiceDeleteVMProcedure = "/plasmavmc.v1.VMService/DeleteVM"
+	// VMServiceMigrateVMProcedure is the fully-qualified name of the VMService's MigrateVM RPC.
+	VMServiceMigrateVMProcedure = "/plasmavmc.v1.VMService/MigrateVM"
 	// HostServiceListHostsProcedure is the fully-qualified name of the HostService's ListHosts RPC.
 	HostServiceListHostsProcedure = "/plasmavmc.v1.HostService/ListHosts"
 	// HostServiceGetHostProcedure is the fully-qualified name of the HostService's GetHost RPC.
 	HostServiceGetHostProcedure = "/plasmavmc.v1.HostService/GetHost"
+	// HostServiceDrainHostProcedure is the fully-qualified name of the HostService's DrainHost RPC.
+	HostServiceDrainHostProcedure = "/plasmavmc.v1.HostService/DrainHost"
+	// HostServiceUndrainHostProcedure is the fully-qualified name of the HostService's UndrainHost RPC.
+	HostServiceUndrainHostProcedure = "/plasmavmc.v1.HostService/UndrainHost"
+	// HostServiceListHostEventsProcedure is the fully-qualified name of the HostService's
+	// ListHostEvents RPC.
+	HostServiceListHostEventsProcedure = "/plasmavmc.v1.HostService/ListHostEvents"
 	// ImageServiceRegisterImageProcedure is the fully-qualified name of the ImageService's
 	// RegisterImage RPC.
 	ImageServiceRegisterImageProcedure = "/plasmavmc.v1.ImageService/RegisterImage"
@@ -89,6 +98,10 @@ type VMServiceClient interface {
 	RebootVM(context.Context, *connect.Request[v1.RebootVMRequest]) (*connect.Response[v1.RebootVMResponse], error)
 	// DeleteVM stops the VM, removes its domain and disks, then the record.
 	DeleteVM(context.Context, *connect.Request[v1.DeleteVMRequest]) (*connect.Response[v1.DeleteVMResponse], error)
+	// Live-migrates a running VM to another host (picked by the scheduler unless
+	// to_host is given). Every disk must be on a shared pool. The operation records
+	// progress, total time and downtime; on any failure the VM keeps running on the source.
+	MigrateVM(context.Context, *connect.Request[v1.MigrateVMRequest]) (*connect.Response[v1.MigrateVMResponse], error)
 }
 
 // NewVMServiceClient constructs a client for the plasmavmc.v1.VMService service. By default, it
@@ -144,18 +157,25 @@ func NewVMServiceClient(httpClient connect.HTTPClient, baseURL string, opts ...c
 			connect.WithSchema(vMServiceMethods.ByName("DeleteVM")),
 			connect.WithClientOptions(opts...),
 		),
+		migrateVM: connect.NewClient[v1.MigrateVMRequest, v1.MigrateVMResponse](
+			httpClient,
+			baseURL+VMServiceMigrateVMProcedure,
+			connect.WithSchema(vMServiceMethods.ByName("MigrateVM")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // vMServiceClient implements VMServiceClient.
 type vMServiceClient struct {
-	createVM *connect.Client[v1.CreateVMRequest, v1.CreateVMResponse]
-	getVM    *connect.Client[v1.GetVMRequest, v1.GetVMResponse]
-	listVMs  *connect.Client[v1.ListVMsRequest, v1.ListVMsResponse]
-	startVM  *connect.Client[v1.StartVMRequest, v1.StartVMResponse]
-	stopVM   *connect.Client[v1.StopVMRequest, v1.StopVMResponse]
-	rebootVM *connect.Client[v1.RebootVMRequest, v1.RebootVMResponse]
-	deleteVM *connect.Client[v1.DeleteVMRequest, v1.DeleteVMResponse]
+	createVM  *connect.Client[v1.CreateVMRequest, v1.CreateVMResponse]
+	getVM     *connect.Client[v1.GetVMRequest, v1.GetVMResponse]
+	listVMs   *connect.Client[v1.ListVMsRequest, v1.ListVMsResponse]
+	startVM   *connect.Client[v1.StartVMRequest, v1.StartVMResponse]
+	stopVM    *connect.Client[v1.StopVMRequest, v1.StopVMResponse]
+	rebootVM  *connect.Client[v1.RebootVMRequest, v1.RebootVMResponse]
+	deleteVM  *connect.Client[v1.DeleteVMRequest, v1.DeleteVMResponse]
+	migrateVM *connect.Client[v1.MigrateVMRequest, v1.MigrateVMResponse]
 }
 
 // CreateVM calls plasmavmc.v1.VMService.CreateVM.
@@ -193,6 +213,11 @@ func (c *vMServiceClient) DeleteVM(ctx context.Context, req *connect.Request[v1.
 	return c.deleteVM.CallUnary(ctx, req)
 }
 
+// MigrateVM calls plasmavmc.v1.VMService.MigrateVM.
+func (c *vMServiceClient) MigrateVM(ctx context.Context, req *connect.Request[v1.MigrateVMRequest]) (*connect.Response[v1.MigrateVMResponse], error) {
+	return c.migrateVM.CallUnary(ctx, req)
+}
+
 // VMServiceHandler is an implementation of the plasmavmc.v1.VMService service.
 type VMServiceHandler interface {
 	// CreateVM is idempotent by request_id: a retry with the same id returns the same VM.
@@ -205,6 +230,10 @@ type VMServiceHandler interface {
 	RebootVM(context.Context, *connect.Request[v1.RebootVMRequest]) (*connect.Response[v1.RebootVMResponse], error)
 	// DeleteVM stops the VM, removes its domain and disks, then the record.
 	DeleteVM(context.Context, *connect.Request[v1.DeleteVMRequest]) (*connect.Response[v1.DeleteVMResponse], error)
+	// Live-migrates a running VM to another host (picked by the scheduler unless
+	// to_host is given). Every disk must be on a shared pool. The operation records
+	// progress, total time and downtime; on any failure the VM keeps running on the source.
+	MigrateVM(context.Context, *connect.Request[v1.MigrateVMRequest]) (*connect.Response[v1.MigrateVMResponse], error)
 }
 
 // NewVMServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -256,6 +285,12 @@ func NewVMServiceHandler(svc VMServiceHandler, opts ...connect.HandlerOption) (s
 		connect.WithSchema(vMServiceMethods.ByName("DeleteVM")),
 		connect.WithHandlerOptions(opts...),
 	)
+	vMServiceMigrateVMHandler := connect.NewUnaryHandler(
+		VMServiceMigrateVMProcedure,
+		svc.MigrateVM,
+		connect.WithSchema(vMServiceMethods.ByName("MigrateVM")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/plasmavmc.v1.VMService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case VMServiceCreateVMProcedure:
@@ -272,6 +307,8 @@ func NewVMServiceHandler(svc VMServiceHandler, opts ...connect.HandlerOption) (s
 			vMServiceRebootVMHandler.ServeHTTP(w, r)
 		case VMServiceDeleteVMProcedure:
 			vMServiceDeleteVMHandler.ServeHTTP(w, r)
+		case VMServiceMigrateVMProcedure:
+			vMServiceMigrateVMHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -309,10 +346,21 @@ func (UnimplementedVMServiceHandler) DeleteVM(context.Context, *connect.Request[
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("plasmavmc.v1.VMService.DeleteVM is not implemented"))
 }
 
+func (UnimplementedVMServiceHandler) MigrateVM(context.Context, *connect.Request[v1.MigrateVMRequest]) (*connect.Response[v1.MigrateVMResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("plasmavmc.v1.VMService.MigrateVM is not implemented"))
+}
+
 // HostServiceClient is a client for the plasmavmc.v1.HostService service.
 type HostServiceClient interface {
 	ListHosts(context.Context, *connect.Request[v1.ListHostsRequest]) (*connect.Response[v1.ListHostsResponse], error)
 	GetHost(context.Context, *connect.Request[v1.GetHostRequest]) (*connect.Response[v1.GetHostResponse], error)
+	// Puts the host in maintenance and live-migrates every VM away; the operation's
+	// reason lists the VMs that could not be moved and why.
+	DrainHost(context.Context, *connect.Request[v1.DrainHostRequest]) (*connect.Response[v1.DrainHostResponse], error)
+	// Returns a drained host to service.
+	UndrainHost(context.Context, *connect.Request[v1.UndrainHostRequest]) (*connect.Response[v1.UndrainHostResponse], error)
+	// Host state transitions, newest last (kept 24 h).
+	ListHostEvents(context.Context, *connect.Request[v1.ListHostEventsRequest]) (*connect.Response[v1.ListHostEventsResponse], error)
 }
 
 // NewHostServiceClient constructs a client for the plasmavmc.v1.HostService service. By default, it
@@ -338,13 +386,34 @@ func NewHostServiceClient(httpClient connect.HTTPClient, baseURL string, opts ..
 			connect.WithSchema(hostServiceMethods.ByName("GetHost")),
 			connect.WithClientOptions(opts...),
 		),
+		drainHost: connect.NewClient[v1.DrainHostRequest, v1.DrainHostResponse](
+			httpClient,
+			baseURL+HostServiceDrainHostProcedure,
+			connect.WithSchema(hostServiceMethods.ByName("DrainHost")),
+			connect.WithClientOptions(opts...),
+		),
+		undrainHost: connect.NewClient[v1.UndrainHostRequest, v1.UndrainHostResponse](
+			httpClient,
+			baseURL+HostServiceUndrainHostProcedure,
+			connect.WithSchema(hostServiceMethods.ByName("UndrainHost")),
+			connect.WithClientOptions(opts...),
+		),
+		listHostEvents: connect.NewClient[v1.ListHostEventsRequest, v1.ListHostEventsResponse](
+			httpClient,
+			baseURL+HostServiceListHostEventsProcedure,
+			connect.WithSchema(hostServiceMethods.ByName("ListHostEvents")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // hostServiceClient implements HostServiceClient.
 type hostServiceClient struct {
-	listHosts *connect.Client[v1.ListHostsRequest, v1.ListHostsResponse]
-	getHost   *connect.Client[v1.GetHostRequest, v1.GetHostResponse]
+	listHosts      *connect.Client[v1.ListHostsRequest, v1.ListHostsResponse]
+	getHost        *connect.Client[v1.GetHostRequest, v1.GetHostResponse]
+	drainHost      *connect.Client[v1.DrainHostRequest, v1.DrainHostResponse]
+	undrainHost    *connect.Client[v1.UndrainHostRequest, v1.UndrainHostResponse]
+	listHostEvents *connect.Client[v1.ListHostEventsRequest, v1.ListHostEventsResponse]
 }
 
 // ListHosts calls plasmavmc.v1.HostService.ListHosts.
@@ -357,10 +426,32 @@ func (c *hostServiceClient) GetHost(ctx context.Context, req *connect.Request[v1
 	return c.getHost.CallUnary(ctx, req)
 }
 
+// DrainHost calls plasmavmc.v1.HostService.DrainHost.
+func (c *hostServiceClient) DrainHost(ctx context.Context, req *connect.Request[v1.DrainHostRequest]) (*connect.Response[v1.DrainHostResponse], error) {
+	return c.drainHost.CallUnary(ctx, req)
+}
+
+// UndrainHost calls plasmavmc.v1.HostService.UndrainHost.
+func (c *hostServiceClient) UndrainHost(ctx context.Context, req *connect.Request[v1.UndrainHostRequest]) (*connect.Response[v1.UndrainHostResponse], error) {
+	return c.undrainHost.CallUnary(ctx, req)
+}
+
+// ListHostEvents calls plasmavmc.v1.HostService.ListHostEvents.
+func (c *hostServiceClient) ListHostEvents(ctx context.Context, req *connect.Request[v1.ListHostEventsRequest]) (*connect.Response[v1.ListHostEventsResponse], error) {
+	return c.listHostEvents.CallUnary(ctx, req)
+}
+
 // HostServiceHandler is an implementation of the plasmavmc.v1.HostService service.
 type HostServiceHandler interface {
 	ListHosts(context.Context, *connect.Request[v1.ListHostsRequest]) (*connect.Response[v1.ListHostsResponse], error)
 	GetHost(context.Context, *connect.Request[v1.GetHostRequest]) (*connect.Response[v1.GetHostResponse], error)
+	// Puts the host in maintenance and live-migrates every VM away; the operation's
+	// reason lists the VMs that could not be moved and why.
+	DrainHost(context.Context, *connect.Request[v1.DrainHostRequest]) (*connect.Response[v1.DrainHostResponse], error)
+	// Returns a drained host to service.
+	UndrainHost(context.Context, *connect.Request[v1.UndrainHostRequest]) (*connect.Response[v1.UndrainHostResponse], error)
+	// Host state transitions, newest last (kept 24 h).
+	ListHostEvents(context.Context, *connect.Request[v1.ListHostEventsRequest]) (*connect.Response[v1.ListHostEventsResponse], error)
 }
 
 // NewHostServiceHandler builds an HTTP handler from the service implementation. It returns the path
@@ -382,12 +473,36 @@ func NewHostServiceHandler(svc HostServiceHandler, opts ...connect.HandlerOption
 		connect.WithSchema(hostServiceMethods.ByName("GetHost")),
 		connect.WithHandlerOptions(opts...),
 	)
+	hostServiceDrainHostHandler := connect.NewUnaryHandler(
+		HostServiceDrainHostProcedure,
+		svc.DrainHost,
+		connect.WithSchema(hostServiceMethods.ByName("DrainHost")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostServiceUndrainHostHandler := connect.NewUnaryHandler(
+		HostServiceUndrainHostProcedure,
+		svc.UndrainHost,
+		connect.WithSchema(hostServiceMethods.ByName("UndrainHost")),
+		connect.WithHandlerOptions(opts...),
+	)
+	hostServiceListHostEventsHandler := connect.NewUnaryHandler(
+		HostServiceListHostEventsProcedure,
+		svc.ListHostEvents,
+		connect.WithSchema(hostServiceMethods.ByName("ListHostEvents")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/plasmavmc.v1.HostService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case HostServiceListHostsProcedure:
 			hostServiceListHostsHandler.ServeHTTP(w, r)
 		case HostServiceGetHostProcedure:
 			hostServiceGetHostHandler.ServeHTTP(w, r)
+		case HostServiceDrainHostProcedure:
+			hostServiceDrainHostHandler.ServeHTTP(w, r)
+		case HostServiceUndrainHostProcedure:
+			hostServiceUndrainHostHandler.ServeHTTP(w, r)
+		case HostServiceListHostEventsProcedure:
+			hostServiceListHostEventsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -403,6 +518,18 @@ func (UnimplementedHostServiceHandler) ListHosts(context.Context, *connect.Reque
 
 func (UnimplementedHostServiceHandler) GetHost(context.Context, *connect.Request[v1.GetHostRequest]) (*connect.Response[v1.GetHostResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("plasmavmc.v1.HostService.GetHost is not implemented"))
+}
+
+func (UnimplementedHostServiceHandler) DrainHost(context.Context, *connect.Request[v1.DrainHostRequest]) (*connect.Response[v1.DrainHostResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("plasmavmc.v1.HostService.DrainHost is not implemented"))
+}
+
+func (UnimplementedHostServiceHandler) UndrainHost(context.Context, *connect.Request[v1.UndrainHostRequest]) (*connect.Response[v1.UndrainHostResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("plasmavmc.v1.HostService.UndrainHost is not implemented"))
+}
+
+func (UnimplementedHostServiceHandler) ListHostEvents(context.Context, *connect.Request[v1.ListHostEventsRequest]) (*connect.Response[v1.ListHostEventsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("plasmavmc.v1.HostService.ListHostEvents is not implemented"))
 }
 
 // ImageServiceClient is a client for the plasmavmc.v1.ImageService service.
