@@ -2218,8 +2218,11 @@ type Host struct {
 	Maintenance bool `protobuf:"varint,13,opt,name=maintenance,proto3" json:"maintenance,omitempty"`
 	// Agent instance whose rejoin (after a self-fence or a fence) is complete.
 	RejoinedInstance string `protobuf:"bytes,14,opt,name=rejoined_instance,json=rejoinedInstance,proto3" json:"rejoined_instance,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// Directory of the VMs' files (serial log, heartbeat socket) on this host: a live
+	// migration rewrites the domain's paths to it.
+	StateDir      string `protobuf:"bytes,15,opt,name=state_dir,json=stateDir,proto3" json:"state_dir,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Host) Reset() {
@@ -2346,6 +2349,13 @@ func (x *Host) GetMaintenance() bool {
 func (x *Host) GetRejoinedInstance() string {
 	if x != nil {
 		return x.RejoinedInstance
+	}
+	return ""
+}
+
+func (x *Host) GetStateDir() string {
+	if x != nil {
+		return x.StateDir
 	}
 	return ""
 }
@@ -3665,7 +3675,7 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\tResources\x12\x14\n" +
 	"\x05vcpus\x18\x01 \x01(\x05R\x05vcpus\x12\x1d\n" +
 	"\n" +
-	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\"\x9a\x05\n" +
+	"memory_mib\x18\x02 \x01(\x03R\tmemoryMib\"\xb7\x05\n" +
 	"\x04Host\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12-\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x17.plasmavmc.v1.HostStateR\x05state\x123\n" +
@@ -3684,7 +3694,8 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"stateSince\x12#\n" +
 	"\rmigration_uri\x18\f \x01(\tR\fmigrationUri\x12 \n" +
 	"\vmaintenance\x18\r \x01(\bR\vmaintenance\x12+\n" +
-	"\x11rejoined_instance\x18\x0e \x01(\tR\x10rejoinedInstance\x1a9\n" +
+	"\x11rejoined_instance\x18\x0e \x01(\tR\x10rejoinedInstance\x12\x1b\n" +
+	"\tstate_dir\x18\x0f \x01(\tR\bstateDir\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xee\x01\n" +
