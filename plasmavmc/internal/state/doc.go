@@ -11,12 +11,15 @@
 //	/plasmavmc/status/<id>              VMStatus                                                         agent (controller: PENDING, SCHEDULED, FAILED-unschedulable)
 //	/plasmavmc/names/<project>/<name>   VM id (plain text)                                               controller
 //	/plasmavmc/requests/<request_id>    {"vm_id","operation_id"} JSON on a 24 h lease                    controller
-//	/plasmavmc/hosts/<name>             Host                                                             agent; controller sets MAINTENANCE/FENCED
+//	/plasmavmc/hosts/<name>             Host (migration_uri, state_dir, rejoined_instance)               agent
 //	/plasmavmc/alive/<name>             agent instance id (plain text) on the agent's lease              agent
 //	/plasmavmc/alloc/<host>             Resources: the scheduler's ledger, changed only by CAS txns      controller
 //	/plasmavmc/images/<pool>/<name>     Image                                                            controller
 //	/plasmavmc/operations/<id>          Operation                                                        controller creates; agent or controller finishes
 //	/plasmavmc/leader                   controller replica id on a lease                                 controller election
+//	/plasmavmc/health/<host>            HostHealth: the HA manager's state of the host                   controller leader
+//	/plasmavmc/hostevents/<host>/<ns>   HostEvent (unix ns, 20 digits) on a 24 h lease                   controller leader
+//	/plasmavmc/maintenance/<host>       "1" while the host is drained                                    controller (drain/undrain)
 //
 // # Consistency
 //
@@ -26,6 +29,17 @@
 // txn compares the ModRevision of /alloc/<host> and of /vms/<id> it read; status writes
 // by agents require /assigned/<host>/<id> to exist, so a late write cannot resurrect
 // the status of a VM that was deleted or moved.
+//
+// # Epochs and moves
+//
+// VM.epoch is 1 at the first placement and +1 at every change of host: a failover or
+// a drain's move ([BuildMove]) and the switch at the end of a live migration
+// ([Store.CompleteMigration], by the source agent). Each is one txn comparing the
+// record's ModRevision (and every ledger it changes), so a move happens exactly once.
+// While a migration is in flight (VM.migration set) the target host holds an assigned
+// copy too ([BuildMigrationStart]); the controller's finalization
+// ([BuildMigrationDone], [BuildMigrationAbort]) clears the field and releases the
+// reservation of the host the VM no longer uses.
 //
 // # Concurrency
 //

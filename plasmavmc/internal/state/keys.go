@@ -1,7 +1,10 @@
 package state
 
 import (
+	"fmt"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // Key prefixes of the layout. Watchers (the agent's informer, the controller's
@@ -19,6 +22,13 @@ const (
 	PrefixImages     = "/plasmavmc/images/"
 	PrefixOperations = "/plasmavmc/operations/"
 	KeyLeader        = "/plasmavmc/leader"
+	// PrefixHealth holds the HA manager's HostHealth per host (controller leader).
+	PrefixHealth = "/plasmavmc/health/"
+	// PrefixHostEvents holds HostEvents per host and time, on a 24 h lease.
+	PrefixHostEvents = "/plasmavmc/hostevents/"
+	// PrefixMaintenance holds "1" per drained host (the operator's flag; the agent owns
+	// /hosts/<host>).
+	PrefixMaintenance = "/plasmavmc/maintenance/"
 )
 
 // Labels the controller sets on a VM record to ask its agent for one-shot actions.
@@ -48,6 +58,24 @@ const (
 	OpStop   = "vm.stop"
 	OpReboot = "vm.reboot"
 	OpDelete = "vm.delete"
+	// OpMigrate is a live migration (MigrateVM or a drain's step): the controller creates
+	// it RUNNING, the source agent records progress and finishes it.
+	OpMigrate = "vm.migrate"
+	// OpFailover is the move of an HA VM off a fenced host (controller only); its id is
+	// [FailoverOperationID] of the VM and the epoch it had on the fenced host.
+	OpFailover = "vm.failover"
+	// OpDrain is a host drain (Operation.host names the host).
+	OpDrain = "host.drain"
+)
+
+// Domain metadata labels the agent stamps (driver.Metadata.Labels; never on VM records).
+const (
+	// LabelEpoch = "<VM.epoch>": the placement epoch the domain was started (or adopted)
+	// at. A domain whose epoch differs from its VM's current record is a stale copy.
+	LabelEpoch = "plasmavmc.io/epoch"
+	// LabelFailover = "true" on domains of VMs with spec.ha.failover: the watchdog destroys
+	// them when the host self-fences, without asking ChainFire.
+	LabelFailover = "plasmavmc.io/failover"
 )
 
 // VMKey is the key of VM id's record.
@@ -107,4 +135,38 @@ func ParseAssignedKey(key string) (host, id string, ok bool) {
 	}
 	host, id, ok = strings.Cut(rest, "/")
 	return host, id, ok && host != "" && id != "" && !strings.Contains(id, "/")
+}
+
+// HealthKey is the key of host's HostHealth.
+func HealthKey(host string) string { return PrefixHealth + host }
+
+// MaintenanceKey is the key present while host is drained.
+func MaintenanceKey(host string) string { return PrefixMaintenance + host }
+
+// HostEventsPrefix is the prefix of host's events ("": every host's).
+func HostEventsPrefix(host string) string {
+	if host == "" {
+		return PrefixHostEvents
+	}
+	return PrefixHostEvents + host + "/"
+}
+
+// HostEventKey is the key of host's event at t: unix nanoseconds in 20 digits, so keys
+// sort by time.
+func HostEventKey(host string, t time.Time) string {
+	return fmt.Sprintf("%s%020d", HostEventsPrefix(host), t.UnixNano())
+}
+
+// ParseHostEventKey splits /plasmavmc/hostevents/<host>/<unix-ns>.
+func ParseHostEventKey(key string) (host string, t time.Time, ok bool) {
+	rest, found := strings.CutPrefix(key, PrefixHostEvents)
+	if !found {
+		return "", time.Time{}, false
+	}
+	host, ns, ok := strings.Cut(rest, "/")
+	n, err := strconv.ParseInt(ns, 10, 64)
+	if !ok || host == "" || err != nil {
+		return "", time.Time{}, false
+	}
+	return host, time.Unix(0, n), true
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -274,13 +275,17 @@ func BuildSchedule(vm *pb.VM, vmRev int64, alloc *pb.Resources, allocRev int64, 
 }
 
 // BuildUpdateVM writes a changed record read at vmRev (and its assigned copy when it is
-// placed), plus the given extra operations (operation records, a status), if the record
+// placed, and the migration target's copy while a migration to another host is in
+// flight), plus the given extra operations (operation records, a status), if the record
 // did not change since.
 func BuildUpdateVM(vm *pb.VM, vmRev int64, extra ...chainfire.Op) Txn {
 	rec := Encode(StoredVM(vm))
 	then := []chainfire.Op{chainfire.OpPut(VMKey(vm.Id), rec)}
 	if vm.Host != "" {
 		then = append(then, chainfire.OpPut(AssignedKey(vm.Host, vm.Id), rec))
+	}
+	if tg := vm.GetMigration().GetTargetHost(); vm.Host != "" && tg != "" && tg != vm.Host {
+		then = append(then, chainfire.OpPut(AssignedKey(tg, vm.Id), rec))
 	}
 	return Txn{If: []chainfire.Cmp{Unchanged(VMKey(vm.Id), vmRev)}, Then: append(then, extra...)}
 }
@@ -405,45 +410,54 @@ func (s *Store) FinishOperation(ctx context.Context, id string, state pb.Operati
 // ---------------------------------------------------------------------------------------
 // Hosts
 
-// HostRecord is a host as the API shows it: the record with State computed from the
-// heartbeat (UP iff /alive/<name> exists, DOWN otherwise, unless the record says
-// MAINTENANCE or FENCED) and Allocated from the ledger.
+// HostRecord is a host as the API shows it: the record with State merged (see
+// [MergeHostState]) and Allocated from the ledger, plus what the HA manager reads.
 type HostRecord struct {
-	Host        *pb.Host
-	ModRevision int64 // of /hosts/<name>
-	Alive       bool
-	AllocRev    int64 // ModRevision of /alloc/<name>; 0: no ledger yet
+	Host          *pb.Host
+	ModRevision   int64 // of /hosts/<name>
+	Alive         bool
+	AliveInstance string // value of /alive/<name> (the agent instance id)
+	AliveLease    int64  // lease of /alive/<name>
+	AllocRev      int64  // ModRevision of /alloc/<name>; 0: no ledger yet
+	// Health is the HA manager's record (/health/<name>; nil: none yet), read at HealthRev.
+	Health    *pb.HostHealth
+	HealthRev int64
+	// Maintenance: /maintenance/<name> exists (drained).
+	Maintenance bool
 }
 
-// Schedulable reports whether new VMs may be placed on the host.
+// Schedulable reports whether new VMs may be placed on the host: UP (so neither in
+// maintenance nor suspect, down, fenced or recovered).
 func (h *HostRecord) Schedulable() bool { return h.Host.State == pb.HostState_HOST_STATE_UP }
 
 // Free is capacity minus allocated.
 func (h *HostRecord) Free() *pb.Resources { return Sub(h.Host.Capacity, h.Host.Allocated) }
 
-// ListHosts reads every host with its heartbeat and ledger at one revision (returned),
-// sorted by name.
+// ListHosts reads every host with its heartbeat, ledger, health and maintenance flag at
+// one revision (returned), sorted by name.
 func (s *Store) ListHosts(ctx context.Context) ([]*HostRecord, int64, error) {
 	resp, err := s.c.Txn(ctx).Then(
 		chainfire.OpGet(PrefixHosts, chainfire.WithPrefix()),
-		chainfire.OpGet(PrefixAlive, chainfire.WithPrefix(), chainfire.WithKeysOnly()),
+		chainfire.OpGet(PrefixAlive, chainfire.WithPrefix()),
 		chainfire.OpGet(PrefixAlloc, chainfire.WithPrefix()),
+		chainfire.OpGet(PrefixHealth, chainfire.WithPrefix()),
+		chainfire.OpGet(PrefixMaintenance, chainfire.WithPrefix(), chainfire.WithKeysOnly()),
 	).Commit()
 	if err != nil {
 		return nil, 0, unavailable("list hosts", err)
 	}
-	alive := map[string]bool{}
-	for _, kv := range RangeKvs(resp, 1) {
-		alive[LastSegment(string(kv.Key))] = true
+	byName := func(i int) map[string]*mvccpb.KeyValue {
+		m := map[string]*mvccpb.KeyValue{}
+		for _, kv := range RangeKvs(resp, i) {
+			m[LastSegment(string(kv.Key))] = kv
+		}
+		return m
 	}
-	allocs := map[string]*mvccpb.KeyValue{}
-	for _, kv := range RangeKvs(resp, 2) {
-		allocs[LastSegment(string(kv.Key))] = kv
-	}
+	alive, allocs, health, maint := byName(1), byName(2), byName(3), byName(4)
 	var out []*HostRecord
 	for _, kv := range RangeKvs(resp, 0) {
 		name := LastSegment(string(kv.Key))
-		rec, err := hostRecord(kv, alive[name], allocs[name])
+		rec, err := hostRecord(kv, alive[name], allocs[name], health[name], maint[name] != nil)
 		if err != nil {
 			return nil, 0, err
 		}
@@ -457,8 +471,10 @@ func (s *Store) ListHosts(ctx context.Context) ([]*HostRecord, int64, error) {
 func (s *Store) GetHost(ctx context.Context, name string) (*HostRecord, error) {
 	resp, err := s.c.Txn(ctx).Then(
 		chainfire.OpGet(HostKey(name)),
-		chainfire.OpGet(AliveKey(name), chainfire.WithKeysOnly()),
+		chainfire.OpGet(AliveKey(name)),
 		chainfire.OpGet(AllocKey(name)),
+		chainfire.OpGet(HealthKey(name)),
+		chainfire.OpGet(MaintenanceKey(name), chainfire.WithKeysOnly()),
 	).Commit()
 	if err != nil {
 		return nil, unavailable("read host "+name, err)
@@ -467,15 +483,18 @@ func (s *Store) GetHost(ctx context.Context, name string) (*HostRecord, error) {
 	if hk == nil {
 		return nil, fmt.Errorf("%w: host %q", ErrNotFound, name)
 	}
-	return hostRecord(hk, first(RangeKvs(resp, 1)) != nil, first(RangeKvs(resp, 2)))
+	return hostRecord(hk, first(RangeKvs(resp, 1)), first(RangeKvs(resp, 2)), first(RangeKvs(resp, 3)), first(RangeKvs(resp, 4)) != nil)
 }
 
-func hostRecord(kv *mvccpb.KeyValue, alive bool, alloc *mvccpb.KeyValue) (*HostRecord, error) {
+func hostRecord(kv, alive, alloc, health *mvccpb.KeyValue, maintenance bool) (*HostRecord, error) {
 	h, err := DecodeHost(string(kv.Key), kv.Value)
 	if err != nil {
 		return nil, err
 	}
-	rec := &HostRecord{Host: h, ModRevision: kv.ModRevision, Alive: alive}
+	rec := &HostRecord{Host: h, ModRevision: kv.ModRevision, Alive: alive != nil, Maintenance: maintenance}
+	if alive != nil {
+		rec.AliveInstance, rec.AliveLease = string(alive.Value), alive.Lease
+	}
 	h.Allocated = &pb.Resources{}
 	if alloc != nil {
 		if h.Allocated, err = DecodeResources(string(alloc.Key), alloc.Value); err != nil {
@@ -483,17 +502,53 @@ func hostRecord(kv *mvccpb.KeyValue, alive bool, alloc *mvccpb.KeyValue) (*HostR
 		}
 		rec.AllocRev = alloc.ModRevision
 	}
+	if health != nil {
+		if rec.Health, err = DecodeHealth(string(health.Key), health.Value); err != nil {
+			return nil, err
+		}
+		rec.HealthRev = health.ModRevision
+	}
 	if h.Name == "" {
 		h.Name = LastSegment(string(kv.Key))
 	}
+	MergeHostState(h, rec.Alive, rec.Health, maintenance)
+	return rec, nil
+}
+
+// MergeHostState sets h.state, state_reason, state_since and maintenance as the API
+// shows them: MAINTENANCE while drained (/maintenance/<host>, or a record the controller
+// marked MAINTENANCE before issue 7); else the HA manager's health state — except that
+// a host it last saw UP, SUSPECT or RECOVERED whose lease is gone shows DOWN at once;
+// else (no health record yet) UP iff the agent's alive key exists, DOWN otherwise.
+func MergeHostState(h *pb.Host, alive bool, health *pb.HostHealth, maintenance bool) {
+	stored := h.State
+	h.StateReason, h.StateSince = "", nil
 	switch {
-	case h.State == pb.HostState_HOST_STATE_MAINTENANCE || h.State == pb.HostState_HOST_STATE_FENCED:
+	case health != nil:
+		h.State, h.StateReason, h.StateSince = health.State, health.Reason, health.Since
+		switch health.State {
+		case pb.HostState_HOST_STATE_UP, pb.HostState_HOST_STATE_SUSPECT, pb.HostState_HOST_STATE_RECOVERED:
+			if !alive {
+				h.State, h.StateReason, h.StateSince = pb.HostState_HOST_STATE_DOWN, "lease expired", nil
+			}
+		}
+	case stored == pb.HostState_HOST_STATE_FENCED:
 	case alive:
 		h.State = pb.HostState_HOST_STATE_UP
 	default:
-		h.State = pb.HostState_HOST_STATE_DOWN
+		h.State, h.StateReason = pb.HostState_HOST_STATE_DOWN, "no heartbeat"
 	}
-	return rec, nil
+	if maintenance || stored == pb.HostState_HOST_STATE_MAINTENANCE {
+		h.Maintenance = true
+		reason := "drained"
+		if h.State != pb.HostState_HOST_STATE_UP && h.State != pb.HostState_HOST_STATE_MAINTENANCE {
+			reason += "; health " + strings.ToLower(strings.TrimPrefix(h.State.String(), "HOST_STATE_"))
+			if h.StateReason != "" {
+				reason += ": " + h.StateReason
+			}
+		}
+		h.State, h.StateReason = pb.HostState_HOST_STATE_MAINTENANCE, reason
+	}
 }
 
 // RegisterHost writes the agent's view of its host (capacity, pools, labels, versions,
