@@ -5,12 +5,37 @@
 #   scripts/libvirt.sh start          install if needed, then start `libvirtd -d` unless one answers
 #   scripts/libvirt.sh stop           stop the libvirtd this script started (its pidfile); QEMUs stay
 #   scripts/libvirt.sh status         exit 0 when the system libvirtd answers on its socket
-#   scripts/libvirt.sh host start|fence|uri NAME
+#   scripts/libvirt.sh host start|fence|uri|cgroup|remove NAME
 #                                     a fake host: one more libvirtd in its own PID + mount namespace
 #                                     (own /etc/libvirt with its own host_uuid, /run/libvirt,
-#                                     /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt);
-#                                     fence kills the namespace's init: its libvirtd and every QEMU
-#                                     die at once, like a power-off
+#                                     /var/lib/libvirt, /var/log/libvirt, /var/cache/libvirt), in
+#                                     its own cgroup v2 and with its own QEMU migration port range;
+#                                     fence kills the namespace's init and every process of the
+#                                     host's cgroup: its libvirtd and every QEMU (and an agent moved
+#                                     into the cgroup) die at once, like a power-off;
+#                                     uri prints its libvirt URI (also the p2p migration URI);
+#                                     cgroup prints its cgroup v2 directory (write a pid into its
+#                                     cgroup.procs to make a process part of the host);
+#                                     remove fences, heals, and deletes the host's files and cgroup
+#   scripts/libvirt.sh host isolate NAME PORT...
+#   scripts/libvirt.sh host heal NAME
+#                                     isolate drops TCP from the host's cgroup to these local ports
+#                                     (nftables table inet plasma_hosts, one chain per host, matching
+#                                     socket cgroupv2 on output; replaces an earlier isolate of the
+#                                     host); heal removes the host's chain
+#
+# Fake hosts share the machine's network namespace, so each gets its own QEMU migration port
+# range in its qemu.conf copy: 32 ports from 61000 up (above the kernel's ephemeral range and the
+# system libvirtd's 49152-49215), an index allocated under a lock and kept in NAME/migration-ports.
+# libvirt refuses a loopback migration_address/migration_host, so the driver's Migrate asks for
+# tcp://127.0.0.1 per migration when the destination URI is a local socket. The source libvirtd
+# of a peer-to-peer migration reaches the destination's socket under /tmp/plasma-hosts, which
+# every mount namespace shares.
+#
+# A socket belongs to the cgroup of the process that created it: a process moved into a host's
+# cgroup keeps its older connections outside the cut. Start it in the cgroup (Go:
+# SysProcAttr{UseCgroupFD: true, CgroupFD: <open cgroup dir>}, or a shell that writes $$ into
+# cgroup.procs and execs) so every connection it makes is cut by isolate.
 #
 # Everything is idempotent. The system instance listens on /run/libvirt/libvirt-sock
 # (qemu:///system). qemu.conf gets a marked block: QEMU runs as root, with no cgroups, no
@@ -92,9 +117,91 @@ stop() {
 	die "libvirtd $pid did not exit in 10 s"
 }
 
+# hostlock takes the lock that serializes fake-host set-up (port ranges, cgroup mounts) on fd 8.
+hostlock() {
+	mkdir -p "$HOSTS"
+	exec 8>"$HOSTS/.lock"
+	flock 8
+}
+
+# cgroot prints the cgroup v2 directory under which every fake host gets its cgroup, creating it.
+# nft resolves `socket cgroupv2` paths relative to /sys/fs/cgroup, so on a hybrid hierarchy (v1
+# controllers on /sys/fs/cgroup, v2 on /sys/fs/cgroup/unified) the v2 directory is bind-mounted
+# at /sys/fs/cgroup/plasma-hosts: the same path then works for cgroup.procs and for nft. Call it
+# under hostlock.
+cgroot() {
+	local root=/sys/fs/cgroup/plasma-hosts
+	if [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]]; then
+		mkdir -p "$root"
+	elif [[ $(stat -fc %T /sys/fs/cgroup/unified 2>/dev/null) == cgroup2fs ]]; then
+		mkdir -p /sys/fs/cgroup/unified/plasma-hosts
+		if [[ $(stat -fc %T "$root" 2>/dev/null) != cgroup2fs ]]; then
+			mkdir -p "$root"
+			mount --bind /sys/fs/cgroup/unified/plasma-hosts "$root"
+		fi
+	else
+		die "no cgroup v2 hierarchy (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified)"
+	fi
+	echo "$root"
+}
+
+# hostcg prints host $1's cgroup directory, creating it.
+hostcg() {
+	hostlock
+	local cg
+	cg=$(cgroot)/$1
+	mkdir -p "$cg"
+	flock -u 8
+	echo "$cg"
+}
+
+# ports prints host directory $1's migration port range "MIN MAX", allocating one the first
+# time: 32 ports from 61000 up, the lowest range no other host directory holds.
+ports() {
+	local h=$1
+	if [[ -s $h/migration-ports ]]; then
+		cat "$h/migration-ports"
+		return 0
+	fi
+	hostlock
+	local used i min
+	used=" $(cat "$HOSTS"/*/migration-ports 2>/dev/null | awk '{printf "%s ", $1}' || true)"
+	for ((i = 0; i < 140; i++)); do
+		min=$((61000 + 32 * i))
+		[[ $used == *" $min "* ]] && continue
+		echo "$min $((min + 31))" >"$h/migration-ports"
+		flock -u 8
+		cat "$h/migration-ports"
+		return 0
+	done
+	flock -u 8
+	die "no free migration port range for a fake host (140 in use: scripts/libvirt.sh host remove old ones)"
+}
+
+FAKE_MARK='# --- PlasmaVMC fake host (scripts/libvirt.sh host)'
+
+# hostconf writes the fake host's own settings into its copy of qemu.conf (replacing an earlier
+# block): incoming migrations listen on the host's own port range. (libvirt refuses a loopback
+# migration_address or migration_host here; the driver asks for tcp://127.0.0.1 per migration
+# when the destination is a local socket.)
+hostconf() { # $1: host directory
+	local h=$1 conf=$1/etc/qemu.conf min max
+	local range
+	range=$(ports "$h")
+	read -r min max <<<"$range"
+	sed -i "\\%^$FAKE_MARK%,\\%^# --- end PlasmaVMC fake host%d" "$conf"
+	cat >>"$conf" <<-CONF
+		$FAKE_MARK: incoming migrations on ports $min-$max ---
+		migration_port_min = $min
+		migration_port_max = $max
+		# --- end PlasmaVMC fake host ---
+	CONF
+}
+
 host() {
-	local cmd=${1:?host start|fence|uri NAME} name=${2:?host NAME}
-	local h=$HOSTS/$name
+	local cmd=${1:?host start|fence|uri|cgroup|remove|isolate|heal NAME} name=${2:?host NAME}
+	[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "bad fake host name '$name'"
+	local h=$HOSTS/$name cg=/sys/fs/cgroup/plasma-hosts/$name i
 	case "$cmd" in
 	start)
 		install
@@ -109,21 +216,27 @@ host() {
 		fi
 		grep -q '^host_uuid' "$h/etc/libvirtd.conf" ||
 			echo "host_uuid = \"$(cat /proc/sys/kernel/random/uuid)\"" >>"$h/etc/libvirtd.conf"
+		hostconf "$h"
+		cg=$(hostcg "$name")
 		mkdir -p /tmp/vm
-		# PID 1 of the namespace: a bash loop that reaps orphans (libvirtd daemonizes QEMU).
-		setsid unshare -m -p -f --mount-proc --propagation private bash -c "
-			mount --bind $h/etc /etc/libvirt
-			mount --bind $h/run /run/libvirt
-			mount --bind $h/lib /var/lib/libvirt
-			mount --bind $h/log /var/log/libvirt
-			mount --bind $h/cache /var/cache/libvirt
-			mount --bind $h/vm /tmp/vm
-			/usr/sbin/libvirtd -d -p /run/libvirt/libvirtd.pid
-			trap '' TERM
-			while :; do sleep 3600 & wait \$!; done
-		" </dev/null >"$h/init.log" 2>&1 &
+		# PID 1 of the namespace: a bash loop that reaps orphans (libvirtd daemonizes QEMU). The
+		# subshell enters the host's cgroup first, so everything the host runs is in it.
+		(
+			echo "$BASHPID" >"$cg/cgroup.procs"
+			exec setsid unshare -m -p -f --mount-proc --propagation private bash -c "
+				mount --bind $h/etc /etc/libvirt
+				mount --bind $h/run /run/libvirt
+				mount --bind $h/lib /var/lib/libvirt
+				mount --bind $h/log /var/log/libvirt
+				mount --bind $h/cache /var/cache/libvirt
+				mount --bind $h/vm /tmp/vm
+				/usr/sbin/libvirtd -d -p /run/libvirt/libvirtd.pid
+				trap '' TERM
+				while :; do sleep 3600 & wait \$!; done
+			"
+		) </dev/null >"$h/init.log" 2>&1 &
 		echo $! >"$h/unshare.pid"
-		local i init=
+		local init=
 		for i in $(seq 100); do
 			init=$(cat /proc/"$(cat "$h/unshare.pid")"/task/*/children 2>/dev/null | awk '{print $1}')
 			[[ -n $init && -S $h/run/libvirt-sock ]] && break
@@ -135,16 +248,63 @@ host() {
 		echo "$init"
 		;;
 	fence)
-		[[ -f $h/init.pid ]] || return 0
-		kill -9 "$(cat "$h/init.pid")" 2>/dev/null || true
-		local i
+		if [[ -f $h/init.pid ]]; then
+			kill -9 "$(cat "$h/init.pid")" 2>/dev/null || true
+		fi
+		# Everything else of the host dies with it (an agent the test moved into its cgroup).
+		if [[ -f $cg/cgroup.kill ]]; then
+			echo 1 >"$cg/cgroup.kill" 2>/dev/null || true
+		fi
 		for i in $(seq 50); do
-			kill -0 "$(cat "$h/unshare.pid")" 2>/dev/null || break
-			sleep 0.1
+			if [[ -f $h/unshare.pid ]] && kill -0 "$(cat "$h/unshare.pid")" 2>/dev/null; then
+				sleep 0.1
+			elif [[ -s $cg/cgroup.procs ]]; then
+				sleep 0.1
+			else
+				break
+			fi
 		done
 		rm -f "$h/init.pid"
 		;;
 	uri) echo "qemu+unix:///system?socket=$h/run/libvirt-sock" ;;
+	cgroup) hostcg "$name" ;;
+	isolate)
+		shift 2
+		(($# > 0)) || die "host isolate NAME PORT...: no port"
+		local p
+		for p in "$@"; do
+			[[ $p =~ ^[0-9]+$ ]] && ((p > 0 && p < 65536)) || die "bad port '$p'"
+		done
+		hostcg "$name" >/dev/null
+		local set
+		set=$(
+			IFS=,
+			echo "$*"
+		)
+		# One transaction: the chain exists, holds only this rule.
+		nft -f - <<-NFT
+			table inet plasma_hosts {}
+			add chain inet plasma_hosts h_$name { type filter hook output priority filter; policy accept; }
+			flush chain inet plasma_hosts h_$name
+			add rule inet plasma_hosts h_$name socket cgroupv2 level 2 "plasma-hosts/$name" meta l4proto tcp th dport { $set } counter drop
+		NFT
+		;;
+	heal)
+		if nft list chain inet plasma_hosts h_$name >/dev/null 2>&1; then
+			nft delete chain inet plasma_hosts h_$name
+		fi
+		;;
+	remove)
+		host fence "$name"
+		host heal "$name"
+		for i in $(seq 50); do
+			[[ -d $cg ]] || break
+			rmdir "$cg" 2>/dev/null && break
+			sleep 0.1
+		done
+		[[ ! -d $cg ]] || log "warning: cgroup $cg still has processes; left in place"
+		rm -rf "$h"
+		;;
 	*) die "unknown host command $cmd" ;;
 	esac
 }
@@ -159,7 +319,7 @@ host)
 	host "$@"
 	;;
 *)
-	echo "usage: $0 install|start|stop|status|host start|fence|uri NAME" >&2
+	echo "usage: $0 install|start|stop|status|host start|fence|uri|cgroup|remove NAME|host isolate NAME PORT...|host heal NAME" >&2
 	exit 2
 	;;
 esac
