@@ -34,6 +34,9 @@ var (
 	ErrClosed = errors.New("driver: closed")
 	// ErrQMP: QEMU answered a QMP command with an error (its class and description follow).
 	ErrQMP = errors.New("driver: QMP error")
+	// ErrMigration: a live migration started and failed or was aborted; libvirt's reason and
+	// where the domain is now follow (Migrator).
+	ErrMigration = errors.New("driver: migration failed")
 )
 
 // Driver runs VMs on one host. Implementations are safe for concurrent use. Methods that take a

@@ -308,26 +308,39 @@ func (d *Libvirt) Paths(id string) Paths {
 	return Paths{Dir: dir, SerialLog: filepath.Join(dir, "serial.log"), HeartbeatSocket: filepath.Join(dir, "hb.sock")}
 }
 
-// call runs fn on the current connection, returning early when ctx ends (fn may then still
-// complete in the background), and maps libvirt's errors to the package's.
-func (d *Libvirt) call(ctx context.Context, op, id string, fn func(l *libvirt.Libvirt) error) error {
+// connection returns the current connection, or ErrClosed / ErrDisconnected.
+func (d *Libvirt) connection(op, id string) (*libvirt.Libvirt, error) {
 	if d.ctx.Err() != nil {
-		return fmt.Errorf("driver: %s %s: %w", op, id, ErrClosed)
+		return nil, fmt.Errorf("driver: %s %s: %w", op, id, ErrClosed)
 	}
 	d.mu.RLock()
 	l := d.conn
 	d.mu.RUnlock()
 	if l == nil || !l.IsConnected() {
-		return fmt.Errorf("driver: %s %s: %w", op, id, ErrDisconnected)
+		return nil, fmt.Errorf("driver: %s %s: %w", op, id, ErrDisconnected)
+	}
+	return l, nil
+}
+
+// call runs fn on the current connection, returning early when ctx ends (fn may then still
+// complete in the background), and maps libvirt's errors to the package's.
+func (d *Libvirt) call(ctx context.Context, op, id string, fn func(l *libvirt.Libvirt) error) error {
+	l, err := d.connection(op, id)
+	if err != nil {
+		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- fn(l) }()
-	var err error
 	select {
 	case err = <-errc:
 	case <-ctx.Done():
 		return fmt.Errorf("driver: %s %s: %w", op, id, ctx.Err())
 	}
+	return d.mapErr(l, op, id, err)
+}
+
+// mapErr maps an error of a call on l to the package's sentinels (nil stays nil).
+func (d *Libvirt) mapErr(l *libvirt.Libvirt, op, id string, err error) error {
 	if err == nil {
 		return nil
 	}

@@ -30,15 +30,39 @@ const (
 
 // lab is one libvirtd, one driver and the guests of TestLibvirt.
 type lab struct {
+	*eventLog
 	t      *testing.T
 	d      *driver.Libvirt
 	cfg    driver.Config
 	g      guestlab.Guest
 	prefix string
+}
 
+// eventLog records a driver's events for waitEvent.
+type eventLog struct {
 	mu     sync.Mutex
 	events []driver.Event
 	cond   chan struct{} // closed and replaced on every event
+}
+
+// recordEvents records d's events until the test ends.
+func recordEvents(t testing.TB, d *driver.Libvirt) *eventLog {
+	e := &eventLog{cond: make(chan struct{})}
+	ctx, stop := context.WithCancel(context.Background())
+	ch := d.Events(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for ev := range ch {
+			e.mu.Lock()
+			e.events = append(e.events, ev)
+			close(e.cond)
+			e.cond = make(chan struct{})
+			e.mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() { stop(); <-done })
+	return e
 }
 
 func newLab(t *testing.T) *lab {
@@ -61,20 +85,7 @@ func newLab(t *testing.T) *lab {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &lab{t: t, d: d, cfg: cfg, g: g, prefix: fmt.Sprintf("t%d-", time.Now().UnixNano()%1e6), cond: make(chan struct{})}
-	evCtx, stop := context.WithCancel(context.Background())
-	ch := d.Events(evCtx)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for ev := range ch {
-			l.mu.Lock()
-			l.events = append(l.events, ev)
-			close(l.cond)
-			l.cond = make(chan struct{})
-			l.mu.Unlock()
-		}
-	}()
+	l := &lab{t: t, d: d, cfg: cfg, g: g, prefix: fmt.Sprintf("t%d-", time.Now().UnixNano()%1e6)}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
@@ -85,11 +96,11 @@ func newLab(t *testing.T) *lab {
 				l.d.Undefine(ctx, dom.ID)
 			}
 		}
-		stop()
-		<-done
 		d.Close()
 		os.RemoveAll(state)
 	})
+	// Registered after the cleanup above, so it runs first: the recorder stops before Close.
+	l.eventLog = recordEvents(t, d)
 	return l
 }
 
@@ -100,20 +111,20 @@ func (l *lab) ctx(d time.Duration) context.Context {
 }
 
 // mark returns the index of the next event, for waitEvent.
-func (l *lab) mark() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.events)
+func (e *eventLog) mark() int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.events)
 }
 
 // waitEvent waits for an event at index >= from that matches.
-func (l *lab) waitEvent(t *testing.T, from int, what string, match func(driver.Event) bool) driver.Event {
+func (e *eventLog) waitEvent(t testing.TB, from int, what string, match func(driver.Event) bool) driver.Event {
 	t.Helper()
 	deadline := time.After(eventTimeout)
 	for {
-		l.mu.Lock()
-		evs, cond := l.events[from:], l.cond
-		l.mu.Unlock()
+		e.mu.Lock()
+		evs, cond := e.events[from:], e.cond
+		e.mu.Unlock()
 		for _, ev := range evs {
 			if match(ev) {
 				return ev
@@ -137,7 +148,11 @@ func (l *lab) spec(id string, knobs ...string) driver.Spec {
 
 // monitor follows id's serial log until the test ends.
 func (l *lab) monitor(t *testing.T, id string) *guest.Monitor {
-	m := guest.NewFileMonitor(l.d.Paths(id).SerialLog, 50*time.Millisecond, nil)
+	return follow(t, guest.NewFileMonitor(l.d.Paths(id).SerialLog, 50*time.Millisecond, nil))
+}
+
+// follow runs m until the test ends.
+func follow(t testing.TB, m *guest.Monitor) *guest.Monitor {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
@@ -145,7 +160,7 @@ func (l *lab) monitor(t *testing.T, id string) *guest.Monitor {
 	return m
 }
 
-func waitHB(t *testing.T, m *guest.Monitor, what string, ok func(guest.Observation) bool) guest.Observation {
+func waitHB(t testing.TB, m *guest.Monitor, what string, ok func(guest.Observation) bool) guest.Observation {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), bootTimeout)
 	defer cancel()
