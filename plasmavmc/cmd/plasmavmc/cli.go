@@ -217,17 +217,22 @@ func orDash(s string) string {
 }
 
 func opRow(op *pb.Operation) []string {
-	return []string{op.Id, op.Kind, op.VmId, enumName(op.State, "OPERATION_STATE_"), op.Reason}
+	target := op.VmId
+	if target == "" && op.Host != "" {
+		target = "host:" + op.Host
+	}
+	return []string{op.Id, op.Kind, orDash(target), enumName(op.State, "OPERATION_STATE_"), op.Reason}
 }
 
 var opHeader = []string{"OPERATION", "KIND", "VM", "STATE", "REASON"}
 
 func vmCommand() *cobra.Command {
 	g := &globals{}
-	return group("vm", "Create, list, show, start, stop, reboot and delete VMs", g,
+	return group("vm", "Create, list, show, start, stop, reboot, delete and migrate VMs", g,
 		vmCreateCommand(g), vmListCommand(g), vmShowCommand(g),
 		vmActionCommand(g, "start", "Start a stopped VM"), vmActionCommand(g, "stop", "Stop a VM (ACPI, forced after --timeout-seconds)"),
-		vmActionCommand(g, "reboot", "Reboot a running VM"), vmActionCommand(g, "delete", "Delete a VM with its domain and disks"))
+		vmActionCommand(g, "reboot", "Reboot a running VM"), vmActionCommand(g, "delete", "Delete a VM with its domain and disks"),
+		vmMigrateCommand(g))
 }
 
 func newRequestID() string {
@@ -429,27 +434,39 @@ func vmActionCommand(g *globals, verb, short string) *cobra.Command {
 	return cmd
 }
 
+// since is how long ago t was ("-" when unset).
+func since(t interface{ AsTime() time.Time }, set bool) string {
+	if !set {
+		return "-"
+	}
+	return time.Since(t.AsTime()).Round(time.Second).String()
+}
+
+var hostHeader = []string{"NAME", "STATE", "REASON", "SINCE", "VCPUS", "MEMORY_MIB", "POOLS", "AGENT"}
+
+func hostRow(h *pb.Host) []string {
+	return []string{h.Name, enumName(h.State, "HOST_STATE_"), orDash(h.StateReason), since(h.StateSince, h.StateSince != nil),
+		fmt.Sprintf("%d/%d", h.GetAllocated().GetVcpus(), h.GetCapacity().GetVcpus()),
+		fmt.Sprintf("%d/%d", h.GetAllocated().GetMemoryMib(), h.GetCapacity().GetMemoryMib()),
+		strings.Join(h.Pools, ","), orDash(h.AgentVersion)}
+}
+
 func hostCommand() *cobra.Command {
 	g := &globals{}
 	list := &cobra.Command{
-		Use: "list", Short: "List hosts with capacity, allocation and state", Args: cobra.NoArgs,
+		Use: "list", Short: "List hosts with state (and why, since when), capacity and allocation", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return g.call(cmd, func(ctx context.Context, a api) error {
 				resp, err := a.hosts.ListHosts(ctx, connect.NewRequest(&pb.ListHostsRequest{}))
 				if err != nil {
 					return err
 				}
-				return cliout.Messages(g.printer(), resp.Msg.Hosts, []string{"NAME", "STATE", "VCPUS", "MEMORY_MIB", "POOLS", "AGENT"}, func(h *pb.Host) []string {
-					return []string{h.Name, enumName(h.State, "HOST_STATE_"),
-						fmt.Sprintf("%d/%d", h.GetAllocated().GetVcpus(), h.GetCapacity().GetVcpus()),
-						fmt.Sprintf("%d/%d", h.GetAllocated().GetMemoryMib(), h.GetCapacity().GetMemoryMib()),
-						strings.Join(h.Pools, ","), orDash(h.AgentVersion)}
-				})
+				return cliout.Messages(g.printer(), resp.Msg.Hosts, hostHeader, hostRow)
 			})
 		},
 	}
 	show := &cobra.Command{
-		Use: "show NAME", Short: "Show a host", Args: cobra.ExactArgs(1),
+		Use: "show NAME", Aliases: []string{"get"}, Short: "Show a host", Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return g.call(cmd, func(ctx context.Context, a api) error {
 				resp, err := a.hosts.GetHost(ctx, connect.NewRequest(&pb.GetHostRequest{Name: args[0]}))
@@ -460,7 +477,237 @@ func hostCommand() *cobra.Command {
 			})
 		},
 	}
-	return group("host", "List and show hosts", g, list, show)
+	var wait bool
+	var waitTimeout time.Duration
+	drain := &cobra.Command{
+		Use:   "drain HOST",
+		Short: "Put a host in maintenance and live-migrate its VMs away",
+		Long: `Put a host in maintenance (no new VMs are placed on it) and move its VMs away: running
+VMs by live migration one at a time, stopped VMs by record. The drain operation ends DONE
+when the host is empty, or FAILED naming each VM left and why (a disk on the host-local
+pool, no room, a failed migration). The host stays in maintenance until "host undrain".`,
+		Example: "  plasmavmc host drain hv3 --wait",
+		Args:    cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var op *pb.Operation
+			if err := g.call(cmd, func(ctx context.Context, a api) error {
+				resp, err := a.hosts.DrainHost(ctx, connect.NewRequest(&pb.DrainHostRequest{Name: args[0]}))
+				if err != nil {
+					return err
+				}
+				op = resp.Msg.Operation
+				return nil
+			}); err != nil {
+				return err
+			}
+			if wait {
+				var err error
+				if op, err = g.waitOperation(cmd, op.Id, waitTimeout, nil); err != nil {
+					return err
+				}
+			}
+			if err := cliout.Messages(g.printer(), []*pb.Operation{op}, opHeader, opRow); err != nil {
+				return err
+			}
+			return opFailed(op, "drain")
+		},
+	}
+	drain.Flags().BoolVar(&wait, "wait", false, "wait until the drain has finished (exit non-zero when it failed)")
+	drain.Flags().DurationVar(&waitTimeout, "wait-timeout", 30*time.Minute, "with --wait: give up waiting after this long (the drain goes on)")
+	undrain := &cobra.Command{
+		Use: "undrain HOST", Short: "Return a drained host to service (cancels a drain still running)", Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return g.call(cmd, func(ctx context.Context, a api) error {
+				resp, err := a.hosts.UndrainHost(ctx, connect.NewRequest(&pb.UndrainHostRequest{Name: args[0]}))
+				if err != nil {
+					return err
+				}
+				return cliout.Messages(g.printer(), []*pb.Host{resp.Msg.Host}, hostHeader, hostRow)
+			})
+		},
+	}
+	events := &cobra.Command{
+		Use: "events [HOST]", Short: "List host state transitions of the last 24 h, oldest first", Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			host := ""
+			if len(args) == 1 {
+				host = args[0]
+			}
+			return g.call(cmd, func(ctx context.Context, a api) error {
+				resp, err := a.hosts.ListHostEvents(ctx, connect.NewRequest(&pb.ListHostEventsRequest{Host: host}))
+				if err != nil {
+					return err
+				}
+				return cliout.Messages(g.printer(), resp.Msg.Events, []string{"TIME", "HOST", "FROM", "TO", "REASON"}, func(e *pb.HostEvent) []string {
+					return []string{e.GetTime().AsTime().Local().Format("2006-01-02 15:04:05.000"), e.Host,
+						enumName(e.From, "HOST_STATE_"), enumName(e.To, "HOST_STATE_"), e.Reason}
+				})
+			})
+		},
+	}
+	return group("host", "List, show, drain and undrain hosts; host events", g, list, show, drain, undrain, events)
+}
+
+// opFailed is the command's error when op ended FAILED.
+func opFailed(op *pb.Operation, what string) error {
+	if op.State == pb.OperationState_OPERATION_STATE_FAILED {
+		return fmt.Errorf("%s failed: %s", what, op.Reason)
+	}
+	return nil
+}
+
+// waitOperation polls operation id until it is no longer RUNNING or bound passes;
+// progress (may be nil) sees every version read.
+func (g *globals) waitOperation(cmd *cobra.Command, id string, bound time.Duration, progress func(*pb.Operation)) (*pb.Operation, error) {
+	deadline := time.Now().Add(bound)
+	for {
+		var op *pb.Operation
+		if err := g.call(cmd, func(ctx context.Context, a api) error {
+			resp, err := a.ops.GetOperation(ctx, connect.NewRequest(&pb.GetOperationRequest{Id: id}))
+			if err != nil {
+				return err
+			}
+			op = resp.Msg.Operation
+			return nil
+		}); err != nil {
+			return nil, err
+		}
+		if progress != nil {
+			progress(op)
+		}
+		if op.State != pb.OperationState_OPERATION_STATE_RUNNING {
+			return op, nil
+		}
+		if time.Now().After(deadline) {
+			return op, fmt.Errorf("operation %s still running after %v (it goes on; see: plasmavmc operation show %s)", id, bound, id)
+		}
+		select {
+		case <-cmd.Context().Done():
+			return op, cmd.Context().Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}
+
+func vmMigrateCommand(g *globals) *cobra.Command {
+	var (
+		to                   string
+		autoConverge, wait   bool
+		postCopy, migTimeout time.Duration
+		maxBandwidth         int64
+	)
+	cmd := &cobra.Command{
+		Use:   "migrate ID",
+		Short: "Live-migrate a running VM to another host",
+		Long: `Live-migrate a running VM (every disk on the shared pool) to --to HOST, or to the host the
+scheduler picks. The source host's libvirtd sends it peer-to-peer to the target's; the
+operation records progress, total time and downtime. On any failure the VM keeps running
+on its source and the operation says why. Unset options take the controller's defaults
+(--migration-* server flags). Here --timeout is the migration's completion timeout; with
+--wait the command waits up to that plus 90 s.`,
+		Example: `  plasmavmc vm migrate 3f2c… --to hv2 --wait
+  plasmavmc vm migrate 3f2c… --post-copy-after 30s --timeout 5m`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := &pb.MigrateVMRequest{Id: args[0], ToHost: to}
+			f := cmd.Flags()
+			if f.Changed("auto-converge") {
+				req.AutoConverge = proto.Bool(autoConverge)
+			}
+			if f.Changed("post-copy-after") {
+				req.PostCopyAfterSeconds = proto.Int32(int32(postCopy / time.Second))
+			}
+			if f.Changed("timeout") {
+				if migTimeout < time.Second {
+					return fmt.Errorf("--timeout %v: at least 1s", migTimeout)
+				}
+				req.TimeoutSeconds = proto.Int32(int32(migTimeout / time.Second))
+			}
+			if f.Changed("max-bandwidth-mib") {
+				req.MaxBandwidthMib = proto.Int64(maxBandwidth)
+			}
+			var op *pb.Operation
+			if err := g.call(cmd, func(ctx context.Context, a api) error {
+				resp, err := a.vms.MigrateVM(ctx, connect.NewRequest(req))
+				if err != nil {
+					return err
+				}
+				op = resp.Msg.Operation
+				return nil
+			}); err != nil {
+				return err
+			}
+			if wait {
+				bound := 120 * time.Second
+				if req.TimeoutSeconds != nil {
+					bound = migTimeout
+				}
+				var last string
+				var err error
+				op, err = g.waitOperation(cmd, op.Id, bound+90*time.Second, func(o *pb.Operation) {
+					if g.output.Format == cliout.JSON || o.State != pb.OperationState_OPERATION_STATE_RUNNING {
+						return
+					}
+					if line := progressLine(o.Migration); line != last {
+						fmt.Fprintln(cmd.ErrOrStderr(), line)
+						last = line
+					}
+				})
+				if err != nil {
+					return err
+				}
+			}
+			p := g.printer()
+			if p.JSON() {
+				if err := p.Message(op); err != nil {
+					return err
+				}
+			} else {
+				if err := cliout.Messages(p, []*pb.Operation{op}, opHeader, opRow); err != nil {
+					return err
+				}
+				if m := op.Migration; m != nil && op.State != pb.OperationState_OPERATION_STATE_RUNNING {
+					fmt.Fprintf(g.out, "%s → %s: %s, total %d ms, downtime %d ms%s\n", m.SourceHost, m.TargetHost, orDash(m.Phase), m.TotalMs, m.DowntimeMs, usedFallbacks(m))
+				}
+			}
+			return opFailed(op, "migration")
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&to, "to", "", "target host (default: the scheduler's choice)")
+	f.BoolVar(&autoConverge, "auto-converge", false, "throttle the guest's vCPUs when memory does not converge (=true or =false; unset: the controller's --migration-auto-converge, default true)")
+	f.DurationVar(&postCopy, "post-copy-after", 0, "switch to post-copy after this long (0: never; unset: the controller's --migration-post-copy-after, default never)")
+	f.DurationVar(&migTimeout, "timeout", 0, "abort the migration (the VM stays on its source) when not finished in this long (unset: the controller's --migration-timeout, default 2m)")
+	f.Int64Var(&maxBandwidth, "max-bandwidth-mib", 0, "bandwidth cap in MiB/s (0: libvirt's default; unset: the controller's --migration-max-bandwidth-mib)")
+	f.BoolVar(&wait, "wait", false, "wait until the migration has finished, showing progress (exit non-zero when it failed)")
+	return cmd
+}
+
+// progressLine is one line of a running migration's progress.
+func progressLine(m *pb.MigrationProgress) string {
+	if m == nil {
+		return "waiting for the source agent"
+	}
+	pct := 0.0
+	if m.DataTotalBytes > 0 {
+		pct = 100 * float64(m.DataProcessedBytes) / float64(m.DataTotalBytes)
+	}
+	return fmt.Sprintf("%s → %s: %s %.0f%% (%d of %d MiB, %d MiB left, iteration %d)", m.SourceHost, m.TargetHost, orDash(m.Phase), pct,
+		m.DataProcessedBytes>>20, m.DataTotalBytes>>20, m.DataRemainingBytes>>20, m.Iterations)
+}
+
+func usedFallbacks(m *pb.MigrationProgress) string {
+	var used []string
+	if m.AutoConvergeUsed {
+		used = append(used, "auto-converge")
+	}
+	if m.PostCopyUsed {
+		used = append(used, "post-copy")
+	}
+	if len(used) == 0 {
+		return ""
+	}
+	return " (used " + strings.Join(used, ", ") + ")"
 }
 
 func imageCommand() *cobra.Command {

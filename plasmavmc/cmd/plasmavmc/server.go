@@ -31,6 +31,16 @@ type serverConfig struct {
 	ReplicaID    string
 	LeaseTTL     time.Duration
 	DrainTimeout time.Duration
+
+	// HA manager and live migration defaults (controller.HAConfig, MigrationDefaults).
+	HealthInterval        time.Duration
+	SuspectAfter          time.Duration
+	FenceDelay            time.Duration
+	FenceCommand          string
+	MigrationTimeout      time.Duration
+	MigrationAutoConv     bool
+	MigrationPostCopy     time.Duration
+	MigrationMaxBandwidth int64
 }
 
 // serverCommand is `plasmavmc server`. Every flag may also come from the environment as
@@ -40,6 +50,9 @@ func serverCommand() *cobra.Command {
 	cfg := serverConfig{Listen: ":7003",
 		Auth:     plasmaserver.AuthFlags{Mode: plasmaserver.AuthIAM, Issuer: auth.DefaultIssuer, Audience: auth.DefaultAudience},
 		LeaseTTL: 5 * time.Second, DrainTimeout: 10 * time.Second}
+	ha, mig := controller.DefaultHA(), controller.DefaultMigration()
+	cfg.HealthInterval, cfg.FenceDelay = ha.HealthInterval, ha.FenceDelay
+	cfg.MigrationTimeout, cfg.MigrationAutoConv, cfg.MigrationPostCopy, cfg.MigrationMaxBandwidth = mig.Timeout, mig.AutoConverge, mig.PostCopyAfter, mig.MaxBandwidthMiB
 	var (
 		logFlags            plasmaserver.LogFlags
 		configFile, dataDir string
@@ -49,7 +62,10 @@ func serverCommand() *cobra.Command {
 		Short: "Run a PlasmaVMC controller replica",
 		Long: `Run a PlasmaVMC controller replica: the VM, host, image and operation API over ChainFire.
 Replicas are stateless; run several over one ChainFire. One is elected leader (a lease on
-/plasmavmc/leader) and alone schedules PENDING VMs and finishes deletes.
+/plasmavmc/leader) and alone schedules PENDING VMs and finishes deletes, and runs the HA
+manager: host health from the agents' leases (up, suspect, down, fenced, recovered),
+fencing (--fence-delay, --fence-command), failover of HA VMs off fenced hosts, live
+migration housekeeping and host drains.
 
 Callers are authorized with tokens from IAM (--iam-endpoints); --auth none turns that
 off, for development only.`,
@@ -92,6 +108,14 @@ off, for development only.`,
 	logFlags.Register(f)
 	cfg.TLS.Register(f)
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", cfg.DrainTimeout, "how long SIGTERM waits for in-flight requests")
+	f.DurationVar(&cfg.HealthInterval, "health-interval", cfg.HealthInterval, "how often the leader checks every host's lease (and runs failover, migration housekeeping, drains)")
+	f.DurationVar(&cfg.SuspectAfter, "suspect-after", 0, "a host is SUSPECT while its lease's remaining TTL is below TTL minus this (0: a third of the TTL)")
+	f.DurationVar(&cfg.FenceDelay, "fence-delay", cfg.FenceDelay, "a DOWN host is FENCED (its HA VMs restarted elsewhere) this long after the leader saw its lease expire; must exceed the agents' --fence-margin plus the time a self-fence takes")
+	f.StringVar(&cfg.FenceCommand, "fence-command", "", "command fencing a DOWN host at once when it exits 0 (split on spaces; {host} is replaced by the host name, env PLASMAVMC_FENCE_HOST is set; retried with backoff), e.g. '/usr/local/sbin/fence-ipmi {host}'")
+	f.DurationVar(&cfg.MigrationTimeout, "migration-timeout", cfg.MigrationTimeout, "default completion timeout of a live migration (then it is aborted and the VM stays on its source)")
+	f.BoolVar(&cfg.MigrationAutoConv, "migration-auto-converge", cfg.MigrationAutoConv, "default: throttle the guest's vCPUs when a migration does not converge")
+	f.DurationVar(&cfg.MigrationPostCopy, "migration-post-copy-after", cfg.MigrationPostCopy, "default: switch a migration to post-copy after this long (0: never)")
+	f.Int64Var(&cfg.MigrationMaxBandwidth, "migration-max-bandwidth-mib", cfg.MigrationMaxBandwidth, "default bandwidth cap of a migration in MiB/s (0: libvirt's default)")
 	return cmd
 }
 
@@ -137,8 +161,12 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 		host, _ := os.Hostname()
 		id = fmt.Sprintf("%s%s-%d", host, cfg.Listen, time.Now().UnixNano()%100000)
 	}
+	ha, mig, err := cfg.haConfig()
+	if err != nil {
+		return err
+	}
 	ctrl, err := controller.New(controller.Config{Store: state.New(cf, nil), ID: id, Logger: log,
-		LeaseTTL: max(1, int64(cfg.LeaseTTL/time.Second))})
+		LeaseTTL: max(1, int64(cfg.LeaseTTL/time.Second)), HA: ha, Migration: &mig})
 	if err != nil {
 		return err
 	}
@@ -197,4 +225,28 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	<-electDone
 	stopServing()
 	return <-errc
+}
+
+// haConfig checks the HA and migration flags and builds the controller's settings.
+func (cfg serverConfig) haConfig() (controller.HAConfig, controller.MigrationDefaults, error) {
+	ha := controller.DefaultHA()
+	mig := controller.MigrationDefaults{Timeout: cfg.MigrationTimeout, AutoConverge: cfg.MigrationAutoConv,
+		PostCopyAfter: cfg.MigrationPostCopy, MaxBandwidthMiB: cfg.MigrationMaxBandwidth}
+	switch {
+	case cfg.HealthInterval <= 0:
+		return ha, mig, fmt.Errorf("--health-interval %v: must be positive", cfg.HealthInterval)
+	case cfg.FenceDelay <= 0:
+		return ha, mig, fmt.Errorf("--fence-delay %v: must be positive", cfg.FenceDelay)
+	case cfg.SuspectAfter < 0:
+		return ha, mig, fmt.Errorf("--suspect-after %v: negative", cfg.SuspectAfter)
+	case cfg.MigrationTimeout < time.Second:
+		return ha, mig, fmt.Errorf("--migration-timeout %v: at least 1s", cfg.MigrationTimeout)
+	case cfg.MigrationPostCopy < 0:
+		return ha, mig, fmt.Errorf("--migration-post-copy-after %v: negative", cfg.MigrationPostCopy)
+	case cfg.MigrationMaxBandwidth < 0:
+		return ha, mig, fmt.Errorf("--migration-max-bandwidth-mib %d: negative", cfg.MigrationMaxBandwidth)
+	}
+	ha.HealthInterval, ha.SuspectAfter, ha.FenceDelay = cfg.HealthInterval, cfg.SuspectAfter, cfg.FenceDelay
+	ha.FenceCommand = strings.Fields(cfg.FenceCommand)
+	return ha, mig, nil
 }

@@ -63,6 +63,59 @@ type Config struct {
 	RequestTTL time.Duration
 	// DisableScheduler makes the replica never campaign (API only).
 	DisableScheduler bool
+
+	// HA configures the HA manager the leader runs (host health, fencing, failover,
+	// migration housekeeping, drains). Zero fields take the defaults of [DefaultHA].
+	HA HAConfig
+	// Migration holds the defaults of MigrateVM's unset fields (nil: [DefaultMigration]).
+	Migration *MigrationDefaults
+}
+
+// HAConfig configures the HA manager. See docs/plasmavmc/README.md, "HA".
+type HAConfig struct {
+	// HealthInterval is how often the leader checks every host's lease (default 1 s).
+	HealthInterval time.Duration
+	// SuspectAfter: a host is SUSPECT while its lease's remaining TTL is below
+	// granted TTL - SuspectAfter (default 0: a third of the granted TTL, i.e. two
+	// keepalives of an agent renewing every TTL/6 missed).
+	SuspectAfter time.Duration
+	// FenceDelay is how long after the leader observed a host DOWN it declares it FENCED
+	// (default 5 s). It must exceed the agents' fence margin plus the time a self-fence
+	// takes: by then a host that cannot reach ChainFire has destroyed its HA VMs.
+	FenceDelay time.Duration
+	// FenceCommand, when set, is run (argv; "{host}" in any argument is replaced by the
+	// host name, env PLASMAVMC_FENCE_HOST is set) as soon as a host is DOWN; exit 0
+	// fences the host at once. Retried with backoff while the host stays DOWN.
+	FenceCommand []string
+	// FenceCommandTimeout bounds one run of FenceCommand (default 30 s).
+	FenceCommandTimeout time.Duration
+	// MigrationGrace: a vm.migrate operation still RUNNING this long after its timeout is
+	// failed by the leader ("no progress from agent on <source>") (default 60 s).
+	MigrationGrace time.Duration
+	// MaxFailoversPerPass bounds the VMs moved per health interval (0: no bound).
+	MaxFailoversPerPass int
+	// EventTTL is how long host events are kept (default 24 h).
+	EventTTL time.Duration
+}
+
+// MigrationDefaults are the values of a MigrateVM request's unset options.
+type MigrationDefaults struct {
+	Timeout         time.Duration
+	AutoConverge    bool
+	PostCopyAfter   time.Duration // 0: never switch to post-copy
+	MaxBandwidthMiB int64         // 0: libvirt's default
+}
+
+// DefaultMigration is what --migration-* default to: 120 s timeout, auto-converge on,
+// no post-copy, no bandwidth cap.
+func DefaultMigration() MigrationDefaults {
+	return MigrationDefaults{Timeout: 120 * time.Second, AutoConverge: true}
+}
+
+// DefaultHA is the HA manager's defaults (see HAConfig's fields).
+func DefaultHA() HAConfig {
+	return HAConfig{HealthInterval: time.Second, FenceDelay: 5 * time.Second, FenceCommandTimeout: 30 * time.Second,
+		MigrationGrace: 60 * time.Second, EventTTL: 24 * time.Hour}
 }
 
 // Controller serves the API and, when elected, schedules. Build it with [New].
@@ -80,6 +133,8 @@ type Controller struct {
 	leaseGranted time.Time
 
 	metrics *metrics
+	// ha is the HA manager's memory of the current leadership term (guarded inside).
+	ha *haState
 }
 
 // New builds a Controller.
@@ -105,6 +160,26 @@ func New(cfg Config) (*Controller, error) {
 	if cfg.RequestTTL <= 0 {
 		cfg.RequestTTL = 24 * time.Hour
 	}
+	def := DefaultHA()
+	if cfg.HA.HealthInterval <= 0 {
+		cfg.HA.HealthInterval = def.HealthInterval
+	}
+	if cfg.HA.FenceDelay <= 0 {
+		cfg.HA.FenceDelay = def.FenceDelay
+	}
+	if cfg.HA.FenceCommandTimeout <= 0 {
+		cfg.HA.FenceCommandTimeout = def.FenceCommandTimeout
+	}
+	if cfg.HA.MigrationGrace <= 0 {
+		cfg.HA.MigrationGrace = def.MigrationGrace
+	}
+	if cfg.HA.EventTTL <= 0 {
+		cfg.HA.EventTTL = def.EventTTL
+	}
+	if cfg.Migration == nil {
+		m := DefaultMigration()
+		cfg.Migration = &m
+	}
 	c := &Controller{
 		cfg:     cfg,
 		st:      cfg.Store,
@@ -113,6 +188,7 @@ func New(cfg Config) (*Controller, error) {
 		now:     cfg.Now,
 		kick:    make(chan struct{}, 1),
 		metrics: newMetrics(),
+		ha:      newHAState(),
 	}
 	c.elect = NewElector(c.cf, cfg.ID, cfg.LeaseTTL, c.log)
 	return c, nil
@@ -134,8 +210,12 @@ func Permissions() map[string]string {
 		plasmavmcv1connect.VMServiceStopVMProcedure:                "vm.stop",
 		plasmavmcv1connect.VMServiceRebootVMProcedure:              "vm.reboot",
 		plasmavmcv1connect.VMServiceDeleteVMProcedure:              "vm.delete",
+		plasmavmcv1connect.VMServiceMigrateVMProcedure:             "vm.migrate",
 		plasmavmcv1connect.HostServiceListHostsProcedure:           "host.list",
 		plasmavmcv1connect.HostServiceGetHostProcedure:             "host.get",
+		plasmavmcv1connect.HostServiceDrainHostProcedure:           "host.drain",
+		plasmavmcv1connect.HostServiceUndrainHostProcedure:         "host.undrain",
+		plasmavmcv1connect.HostServiceListHostEventsProcedure:      "host.list",
 		plasmavmcv1connect.ImageServiceRegisterImageProcedure:      "image.register",
 		plasmavmcv1connect.ImageServiceListImagesProcedure:         "image.list",
 		plasmavmcv1connect.OperationServiceGetOperationProcedure:   "operation.get",

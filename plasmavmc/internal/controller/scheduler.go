@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -24,6 +25,14 @@ var errNotLeader = errors.New("controller: not the leader any more")
 func (c *Controller) runLeader(ctx context.Context, lease int64) {
 	c.metrics.leader.Set(1)
 	defer c.metrics.leader.Set(0)
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer cancel() // the HA manager found it no longer leads: so does the scheduler
+		c.runHA(ctx, lease)
+	})
+	defer wg.Wait()
+	defer cancel()
 	watch := c.cf.Watch(ctx, state.Prefix, chainfire.WithPrefix())
 	tick := time.NewTicker(c.cfg.ScheduleInterval)
 	defer tick.Stop()
@@ -217,6 +226,7 @@ func (c *Controller) place(ctx context.Context, lease int64, rec *state.VMRecord
 		vm := proto.Clone(rec.VM).(*pb.VM)
 		vm.Status = nil
 		vm.Host = h.Host.Name
+		vm.Epoch++ // 1 at the first placement
 		alloc := state.Add(h.Host.Allocated, state.VMResources(vm))
 		st := &pb.VMStatus{State: pb.VMState_VM_STATE_SCHEDULED, Host: vm.Host, Reason: "placed on " + vm.Host, UpdateTime: c.st.Now()}
 		tr, err := c.st.Commit(ctx, fenced(state.BuildSchedule(vm, rec.ModRevision, alloc, h.AllocRev, st), lease))

@@ -284,6 +284,9 @@ func (c *Controller) mutate(ctx context.Context, id, kind string, change func(vm
 		if opID, ok := rec.VM.Labels[state.LabelDelete]; ok && kind != state.OpDelete {
 			return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("id: VM %s is being deleted (operation %s)", id, opID))
 		}
+		if err := notMigrating(rec.VM); err != nil {
+			return nil, err
+		}
 		now := c.st.Now()
 		op := &pb.Operation{Id: newUUID(), Kind: kind, VmId: id, State: pb.OperationState_OPERATION_STATE_RUNNING, StartTime: now, Project: rec.VM.Project}
 		vm := proto.Clone(rec.VM).(*pb.VM) // with status, for change to look at; never stored
@@ -311,6 +314,16 @@ func (c *Controller) mutate(ctx context.Context, id, kind string, change func(vm
 		}
 	}
 	return nil, connect.NewError(connect.CodeAborted, fmt.Errorf("id: VM %s: too many concurrent changes, try again", id))
+}
+
+// notMigrating refuses changes to a VM while a live migration is in flight (until the
+// leader finalized it): the operation ends within the migration's timeout.
+func notMigrating(vm *pb.VM) error {
+	if m := vm.GetMigration(); m != nil {
+		return connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("id: VM %s is being live-migrated from %s to %s (operation %s); try again when it has finished",
+			vm.Id, m.SourceHost, m.TargetHost, m.OperationId))
+	}
+	return nil
 }
 
 // converged reports whether the VM is placed and observed in the state power asks for.
@@ -409,6 +422,9 @@ func (s vmService) DeleteVM(ctx context.Context, req *connect.Request[pb.DeleteV
 				return nil, toConnect(err)
 			}
 			return connect.NewResponse(&pb.DeleteVMResponse{Operation: op}), nil
+		}
+		if err := notMigrating(vm); err != nil {
+			return nil, err
 		}
 		now := c.st.Now()
 		op := &pb.Operation{Id: newUUID(), Kind: state.OpDelete, VmId: vm.Id, State: pb.OperationState_OPERATION_STATE_RUNNING, StartTime: now, Project: vm.Project}
