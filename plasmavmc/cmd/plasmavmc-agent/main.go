@@ -30,6 +30,7 @@ func main() {
 	root := runCommand("plasmavmc-agent")
 	root.SilenceUsage, root.SilenceErrors = true, true
 	root.AddCommand(runCommand("run"))
+	root.AddCommand(watchdogCommand())
 	root.AddCommand(&cobra.Command{Use: "version", Short: "Print the version", Args: cobra.NoArgs,
 		Run: func(cmd *cobra.Command, _ []string) { fmt.Fprintln(cmd.OutOrStdout(), version) }})
 	if err := root.Execute(); err != nil {
@@ -54,6 +55,7 @@ func runCommand(use string) *cobra.Command {
 		clientID, secretFile  string
 		labels                map[string]string
 		chainFire             plasmaserver.ChainFireFlags
+		watchdog              bool
 	)
 	cmd := &cobra.Command{
 		Use:   use,
@@ -62,7 +64,15 @@ func runCommand(use string) *cobra.Command {
 ChainFire, hold its heartbeat lease (/plasmavmc/alive/<host>, TTL 10 s), follow the VMs
 assigned to it (over WatchBus when --watchbus-endpoints is given, else ChainFire directly)
 and converge them through libvirtd: define, start, stop, reboot, delete, restart after a
-crash by policy. Stopping the agent leaves the VMs running; the next agent re-adopts them.`,
+crash by policy, live-migrate. Stopping the agent leaves the VMs running; the next agent
+re-adopts them.
+
+Self-fence: when the lease cannot be renewed before it could expire (minus --fence-margin),
+the agent destroys the host's HA VMs (spec.ha.failover), starts nothing, and rejoins with a
+new lease once ChainFire answers. The watchdog process (started detached on first use,
+<state-dir>/watchdog.sock) does the same if the agent itself hangs or dies; restarting the
+agent does not fence. Every domain is stamped with its placement epoch: a domain whose
+epoch is not the VM's current one on this host is a stale copy and is destroyed.`,
 		Example: `  plasmavmc-agent --chainfire-endpoints http://10.0.0.1:2379 \
     --watchbus-endpoints http://10.0.0.1:7002 --iam-endpoints http://10.0.0.1:7001 \
     --client-id agent-node1 --client-secret-file /etc/plasmavmc/agent.secret \
@@ -88,6 +98,7 @@ crash by policy. Stopping the agent leaves the VMs running; the next agent re-ad
 				}
 			}
 			cfg.Logger, cfg.Version, cfg.Labels = log, version, labels
+			cfg.NoWatchdog = !watchdog
 			cfg.Pools = map[string]string{}
 			if poolLocal != "" {
 				cfg.Pools[storage.PoolLocal] = poolLocal
@@ -141,9 +152,58 @@ crash by policy. Stopping the agent leaves the VMs running; the next agent re-ad
 	f.Int32Var(&cfg.CapacityVCPUs, "capacity-vcpus", 0, "vCPUs the scheduler may place here (0: the host's CPUs)")
 	f.Int64Var(&cfg.CapacityMemoryMiB, "capacity-memory-mib", 0, "memory in MiB the scheduler may place here (0: the host's memory)")
 	f.StringToStringVar(&labels, "labels", nil, "host labels, key=value,key=value")
-	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", agent.DefaultLeaseTTL, "TTL of the heartbeat lease")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", agent.DefaultLeaseTTL, "TTL of the heartbeat lease (whole seconds)")
+	f.DurationVar(&cfg.FenceMargin, "fence-margin", agent.DefaultFenceMargin, "self-fence this long before the lease could expire when it was not renewed: HA VMs are destroyed at last renewal + lease TTL - margin (below half the lease TTL)")
+	f.StringVar(&cfg.MigrationURI, "migration-uri", "", "libvirt URI other hosts' libvirtds reach this host's libvirtd at for live migration, e.g. qemu+tls://node1/system (default qemu+unix:///system?socket=<--libvirt-socket>, same machine only)")
+	f.BoolVar(&watchdog, "watchdog", true, "start (if not running) and pet the self-fence watchdog process (plasmavmc-agent watchdog); disable only for development")
 	f.DurationVar(&cfg.StopTimeout, "stop-timeout", agent.DefaultStopTimeout, "ACPI shutdown timeout before forcing, when the VM record names none")
 	f.StringVar(&configFile, "config", "", "YAML file of flag values (flag name: value); command-line flags and PLASMAVMC_AGENT_* environment variables win")
+	logFlags.Register(f)
+	return cmd
+}
+
+// watchdogCommand is `plasmavmc-agent watchdog`: the self-fence watchdog of one host,
+// normally started detached by the agent (or by its own service unit).
+func watchdogCommand() *cobra.Command {
+	var (
+		cfg      agent.WatchdogConfig
+		logFlags plasmaserver.LogFlags
+	)
+	host, _ := os.Hostname()
+	cfg.HostName = strings.ToLower(strings.SplitN(host, ".", 2)[0])
+	cmd := &cobra.Command{
+		Use:   "watchdog",
+		Short: "Run the self-fence watchdog of this host (started by the agent when not running)",
+		Long: `Run the self-fence watchdog of this host. The agent pets it over <state-dir>/watchdog.sock
+after every renewal of the host's heartbeat lease, with how long the lease is still safely
+valid. When that time runs out without a newer pet (the agent hung, was paused or killed
+and not restarted, or cannot reach ChainFire), the watchdog destroys every running HA
+domain of this host (label plasmavmc.io/failover=true) on its libvirtd, retrying until
+done, records it in <state-dir>/fenced and its log, and waits for pets again.
+
+One watchdog runs per state directory (<state-dir>/watchdog.pid is locked); a second one
+exits at once. It survives agent restarts, so restarting the agent never fences.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			log, err := logFlags.Logger(os.Stderr)
+			if err != nil {
+				return err
+			}
+			cfg.Logger = log
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			err = agent.RunWatchdog(ctx, cfg)
+			if errors.Is(err, agent.ErrWatchdogRunning) {
+				log.Info("not starting: " + err.Error())
+				return nil
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.StateDir, "state-dir", "/var/lib/plasmavmc/state", "the agent's state directory (socket, pid file, fenced record)")
+	f.StringVar(&cfg.LibvirtSocket, "libvirt-socket", agent.DefaultLibvirtSocket, "libvirtd's unix socket")
+	f.StringVar(&cfg.HostName, "host-name", cfg.HostName, "this host's name in PlasmaVMC: only its HA domains are destroyed")
 	logFlags.Register(f)
 	return cmd
 }

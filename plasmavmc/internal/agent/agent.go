@@ -27,30 +27,47 @@ import (
 // agent is one running agent: the wiring of Run. Its maps are guarded by mu; everything
 // else is set before the goroutines start and read-only afterwards.
 type agent struct {
-	cfg      Config
-	log      *slog.Logger
-	instance string // this run's id, the value of /alive/<host>
+	cfg Config
+	log *slog.Logger
 
 	cf     *chainfire.Client
 	st     *state.Store
-	drv    *driver.Libvirt
+	drv    Hypervisor
+	mig    driver.Migrator // drv's live-migration side; nil when the driver has none
 	store  *storage.Store
 	writer *writer
 	m      *metrics
 	inf    *resilience.Informer[*pb.VM]
+	pet    *petter // nil with Config.NoWatchdog
 
 	// drvReady and infReady publish drv and inf to the HTTP handlers (readiness,
 	// metrics), which run while Run is still setting them up.
-	drvReady atomic.Pointer[driver.Libvirt]
+	drvReady atomic.Pointer[hvBox]
 	infReady atomic.Pointer[resilience.Informer[*pb.VM]]
 	// watchErr is the error that stopped the informer's watch (one the informer does not
 	// retry: Unauthenticated, PermissionDenied), until the next watch delivers a batch or
 	// bookmark; nil while the watch is healthy. /readyz reports it.
 	watchErr atomic.Pointer[error]
 
-	// leaseValidUntil is when the heartbeat lease expires unless renewed (unix ns); the
-	// HA issue's self-fence reads it.
+	// instance is the current agent instance id, the value of /alive/<host>: drawn at
+	// start and again after every self-fence.
+	instance atomic.Pointer[string]
+	// leaseValidUntil is when the heartbeat lease could expire unless renewed (unix ns,
+	// counted from when the grant or renewal was sent); the fence deadline is
+	// FenceMargin earlier.
 	leaseValidUntil atomic.Int64
+	// joined is set once the current instance has joined (join: relisted after its
+	// lease) and cleared by a self-fence; starts need it (mayStart).
+	joined atomic.Bool
+	// fenceReason is the reason of the latest self-fence (nil: none yet).
+	fenceReason atomic.Pointer[string]
+	// joinSeq counts joins; a worker records in joinSeen the latest it reconciled after.
+	joinSeq atomic.Int64
+	// rejoined is the instance whose join completed; hostWritten the rejoined_instance
+	// of the last host record written.
+	rejoined, hostWritten atomic.Pointer[string]
+	// hostKick wakes hostLoop; relist makes runInformer list again (capacity 1 each).
+	hostKick, relist chan struct{}
 
 	ctx context.Context // Run's; ends at shutdown
 
@@ -70,8 +87,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
-	a := &agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostName), instance: newInstanceID(), ctx: ctx,
-		workers: map[string]*vmWorker{}}
+	ctx, cancelRun := context.WithCancel(ctx) // also ends the goroutines on an early return
+	defer cancelRun()
+	a := &agent{cfg: cfg, log: cfg.Logger.With("host", cfg.HostName), ctx: ctx,
+		workers: map[string]*vmWorker{}, hostKick: make(chan struct{}, 1), relist: make(chan struct{}, 1)}
+	a.newInstance()
 
 	cf, err := chainfire.New(chainfire.Config{Endpoints: cfg.ChainFireEndpoints, TLS: cfg.ChainFireTLS,
 		Logger: a.log.With("component", "chainfire"), RequestTimeout: 5 * time.Second, Retry: cfg.Backoff})
@@ -101,38 +121,52 @@ func Run(ctx context.Context, cfg Config) error {
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(srvCtx) }()
 
-	// libvirtd first: without it there is nothing to converge.
-	a.drv, err = driver.Open(ctx, driver.Config{Socket: cfg.LibvirtSocket, StateDir: cfg.StateDir,
-		Log: a.log.With("component", "driver")})
-	if err != nil {
-		stopServing()
-		<-serveErr
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("agent: libvirt: %w", err)
+	// The watchdog first (pets are queued until the first lease), then libvirtd: without
+	// it there is nothing to converge.
+	var bg sync.WaitGroup
+	goBG := func(f func()) {
+		bg.Add(1)
+		go func() { defer bg.Done(); f() }()
 	}
-	defer a.drv.Close()
-	a.drvReady.Store(a.drv)
+	defer func() { cancelRun(); bg.Wait() }()
+	if !cfg.NoWatchdog {
+		a.pet = newPetter(a)
+		goBG(func() { a.pet.run(ctx) })
+	}
+	if cfg.Hypervisor != nil {
+		a.drv = cfg.Hypervisor
+	} else {
+		d, err := driver.Open(ctx, driver.Config{Socket: cfg.LibvirtSocket, StateDir: cfg.StateDir,
+			Log: a.log.With("component", "driver")})
+		if err != nil {
+			stopServing()
+			<-serveErr
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("agent: libvirt: %w", err)
+		}
+		defer d.Close()
+		a.drv = d
+	}
+	a.mig, _ = a.drv.(driver.Migrator)
+	a.drvReady.Store(&hvBox{a.drv})
 
 	if a.inf, err = a.newInformer(); err != nil {
 		return err
 	}
 	a.infReady.Store(a.inf)
 
-	var bg sync.WaitGroup
-	goBG := func(f func()) {
-		bg.Add(1)
-		go func() { defer bg.Done(); f() }()
-	}
 	events := a.drv.Events(ctx) // subscribe before listing: nothing falls in between
 	goBG(func() { a.writer.run(ctx) })
+	goBG(func() { a.hostLoop(ctx) })
 	goBG(func() { a.holdLease(ctx) })
 	goBG(func() { a.runInformer(ctx) })
 	goBG(func() { a.followEvents(ctx, events) })
 	goBG(func() { a.sweepLoop(ctx) })
-	a.log.Info("agent started", "instance", a.instance, "accel", a.drv.Accel(), "pools", a.store.Pools(),
-		"watchbus", len(cfg.WatchBusEndpoints) > 0)
+	a.log.Info("agent started", "instance", a.instanceID(), "accel", a.drv.Accel(), "pools", a.store.Pools(),
+		"watchbus", len(cfg.WatchBusEndpoints) > 0, "migration_uri", cfg.MigrationURI,
+		"fence_margin", cfg.FenceMargin, "watchdog", !cfg.NoWatchdog, "live_migration", a.mig != nil)
 	_ = plasmaserver.Notify("READY=1")
 
 	select {
@@ -141,6 +175,7 @@ func Run(ctx context.Context, cfg Config) error {
 		a.log.Error("health endpoint failed", "err", err)
 	}
 	_ = plasmaserver.Notify("STOPPING=1")
+	cancelRun()
 	bg.Wait()
 	a.wg.Wait() // workers end with ctx
 	stopServing()
@@ -161,7 +196,7 @@ func newInstanceID() string {
 func (a *agent) ready(context.Context) error {
 	drv := a.drvReady.Load()
 	switch {
-	case drv == nil:
+	case drv == nil || drv.Hypervisor == nil:
 		return errors.New("connecting to libvirtd")
 	case !drv.Connected():
 		return errors.New("libvirtd disconnected; reconnecting")
@@ -189,9 +224,24 @@ func (a *agent) runInformer(ctx context.Context) {
 	wait := informerRetryMin
 	for {
 		began := time.Now()
-		err := a.inf.Run(ctx)
+		ictx, cancel := context.WithCancel(ctx)
+		var relisting atomic.Bool
+		go func() {
+			select {
+			case <-a.relist:
+				relisting.Store(true)
+				cancel()
+			case <-ictx.Done():
+			}
+		}()
+		err := a.inf.Run(ictx)
+		cancel()
 		if ctx.Err() != nil {
 			return
+		}
+		if relisting.Load() {
+			a.log.Debug("relisting the assigned VMs")
+			continue
 		}
 		if err == nil {
 			err = errors.New("informer ended")
@@ -204,6 +254,7 @@ func (a *agent) runInformer(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-a.relist:
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, informerRetryMax)

@@ -32,6 +32,9 @@ const (
 	DefaultRestartWindow     = 10 * time.Minute
 	DefaultStopTimeout       = 60 * time.Second
 	DefaultOrphanSweep       = time.Minute
+	DefaultFenceMargin       = 2 * time.Second
+	// DefaultLibvirtSocket is libvirtd's socket when Config.LibvirtSocket is empty.
+	DefaultLibvirtSocket = "/run/libvirt/libvirt-sock"
 )
 
 // Config configures one agent ([Run]). Zero tunables take the Default* values.
@@ -53,8 +56,16 @@ type Config struct {
 	WatchBusEndpoints []string
 	WatchBusOptions   []connect.ClientOption
 
-	// LibvirtSocket is libvirtd's unix socket (default the driver's).
+	// LibvirtSocket is libvirtd's unix socket (default DefaultLibvirtSocket).
 	LibvirtSocket string
+	// Hypervisor, when set, is used instead of connecting to LibvirtSocket (tests: a fake
+	// driver). The agent does not close it.
+	Hypervisor Hypervisor
+	// MigrationURI is where other hosts' libvirtds reach this host's libvirtd for
+	// peer-to-peer live migration, registered in the host record (default
+	// qemu+unix:///system?socket=<LibvirtSocket>, which only works between libvirtds of
+	// one machine; production sets qemu+tls://<host>/system).
+	MigrationURI string
 	// StateDir holds the driver's per-VM files (serial logs, heartbeat sockets). Required,
 	// absolute and short (unix socket paths are limited to 107 bytes).
 	StateDir string
@@ -70,8 +81,22 @@ type Config struct {
 	// Version is the agent's version, stored in the host record.
 	Version string
 
-	// LeaseTTL is the TTL of the heartbeat lease on /plasmavmc/alive/<host>.
+	// LeaseTTL is the TTL of the heartbeat lease on /plasmavmc/alive/<host> (whole
+	// seconds: ChainFire's lease granularity).
 	LeaseTTL time.Duration
+	// FenceMargin is how long before the lease could expire the host self-fences when it
+	// could not renew it: HA domains are destroyed at (last renewal sent + TTL - margin),
+	// by the agent and, should the agent be stuck, by the watchdog. Default 2 s (at most
+	// a quarter of LeaseTTL when that is shorter); it must be below LeaseTTL/2.
+	FenceMargin time.Duration
+	// NoWatchdog disables the watchdog process (`plasmavmc-agent watchdog`): the agent
+	// still self-fences, but nothing does if the agent itself hangs or dies. For tests
+	// and development only.
+	NoWatchdog bool
+	// WatchdogCommand is the command line that starts the watchdog, to which the agent
+	// appends --state-dir, --libvirt-socket and --host-name (default: this executable
+	// with the argument "watchdog").
+	WatchdogCommand []string
 	// ReconcileInterval is how often each VM is reconciled against the hypervisor even
 	// when nothing happened (a safety net; events and watches trigger reconciles at once).
 	ReconcileInterval time.Duration
@@ -159,6 +184,21 @@ func (c *Config) Validate() error {
 	if c.LeaseTTL < 2*time.Second {
 		return bad("lease TTL %v: at least 2 s", c.LeaseTTL)
 	}
+	if c.LeaseTTL%time.Second != 0 {
+		return bad("lease TTL %v: whole seconds", c.LeaseTTL)
+	}
+	if c.FenceMargin == 0 {
+		c.FenceMargin = min(DefaultFenceMargin, c.LeaseTTL/4)
+	}
+	if c.FenceMargin < 0 || c.FenceMargin >= c.LeaseTTL/2 {
+		return bad("fence margin %v: must be positive and below half the lease TTL (%v)", c.FenceMargin, c.LeaseTTL/2)
+	}
+	if c.LibvirtSocket == "" {
+		c.LibvirtSocket = DefaultLibvirtSocket
+	}
+	if c.MigrationURI == "" {
+		c.MigrationURI = DefaultMigrationURI(c.LibvirtSocket)
+	}
 	if c.MaxRestarts <= 0 {
 		c.MaxRestarts = DefaultMaxRestarts
 	}
@@ -166,4 +206,11 @@ func (c *Config) Validate() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	return nil
+}
+
+// DefaultMigrationURI is the migration URI of a host whose libvirtd listens on socket:
+// qemu+unix:///system?socket=<socket> (reachable only from the same machine: fake hosts
+// in tests and development).
+func DefaultMigrationURI(socket string) string {
+	return "qemu+unix:///system?socket=" + socket
 }

@@ -9,9 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"plasmacloud.dev/pkg/chainfire"
 	"plasmacloud.dev/plasmavmc/internal/driver"
-	"plasmacloud.dev/plasmavmc/internal/state"
 	pb "plasmacloud.dev/proto/plasmavmc/v1"
 )
 
@@ -31,8 +29,11 @@ func (a *agent) hostRecord() *pb.Host {
 		Pools:         a.store.Pools(),
 		Labels:        a.cfg.Labels,
 		AgentVersion:  a.cfg.Version,
-		Hypervisor:    hypervisor(a.drv.Accel()),
-		LastHeartbeat: a.st.Now(),
+		Hypervisor:       hypervisor(a.drv.Accel()),
+		LastHeartbeat:    a.st.Now(),
+		MigrationUri:     a.cfg.MigrationURI,
+		StateDir:         a.cfg.StateDir,
+		RejoinedInstance: a.rejoinedInstance(),
 	}
 }
 
@@ -67,62 +68,6 @@ func (a *agent) register(ctx context.Context) {
 		return a.st.RegisterHost(ctx, a.hostRecord())
 	})
 	a.log.Info("host registered", "host", a.cfg.HostName)
-}
-
-// holdLease keeps /plasmavmc/alive/<host> = instance id on a lease of LeaseTTL, renewed
-// continuously, until ctx ends. When the lease is lost (it expired while ChainFire could
-// not be reached, or was revoked) a new one is granted and the key put again.
-//
-// Running VMs are never touched here. Self-fencing (issue 7: stop HA VMs when the lease
-// cannot be renewed before it expires) hooks in at onLeaseLost and at the renewal
-// deadline tracked by leaseValidUntil.
-func (a *agent) holdLease(ctx context.Context) {
-	ttl := int64(a.cfg.LeaseTTL / time.Second)
-	for ctx.Err() == nil {
-		var lease int64
-		retry(ctx, a.log, "grant heartbeat lease", func(ctx context.Context) error {
-			resp, err := a.cf.Grant(ctx, ttl)
-			if err != nil {
-				return err
-			}
-			lease = resp.ID
-			return nil
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		a.m.leaseGrants.Inc()
-		retry(ctx, a.log, "put heartbeat key", func(ctx context.Context) error {
-			_, err := a.cf.Put(ctx, state.AliveKey(a.cfg.HostName), a.instance, chainfire.WithLease(lease))
-			return err
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		a.log.Info("heartbeat lease held", "lease_id", strconv.FormatInt(lease, 16), "ttl", a.cfg.LeaseTTL)
-		a.leaseValidUntil.Store(time.Now().Add(a.cfg.LeaseTTL).UnixNano())
-		// Keep the host record's capacity and versions current on each (re)grant.
-		go a.register(ctx)
-		ch, err := a.cf.KeepAlive(ctx, lease)
-		if err != nil {
-			a.log.Warn("heartbeat lease keepalive failed to start; granting a new lease", "err", err)
-			continue
-		}
-		for resp := range ch {
-			a.m.leaseRenewals.Inc()
-			a.leaseValidUntil.Store(time.Now().Add(time.Duration(resp.TTL) * time.Second).UnixNano())
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		a.onLeaseLost(lease)
-	}
-}
-
-// onLeaseLost is called when the heartbeat lease is gone. In this issue it only logs: the
-// VMs keep running, and holdLease grants a new lease. The HA issue's self-fence goes here.
-func (a *agent) onLeaseLost(lease int64) {
-	a.log.Warn("heartbeat lease lost; granting a new one (VMs keep running)", "lease_id", strconv.FormatInt(lease, 16))
 }
 
 // retry calls f with a bounded context until it succeeds or ctx ends, backing off

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	pb "plasmacloud.dev/proto/plasmavmc/v1"
@@ -15,6 +17,10 @@ type metrics struct {
 	leaseGrants   prometheus.Counter
 	statusWrites  *prometheus.CounterVec
 	orphans       prometheus.Counter
+	selfFences    prometheus.Counter
+	watchdogPets  prometheus.Counter
+	stale         prometheus.Counter
+	migrations    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, a *agent) *metrics {
@@ -32,8 +38,28 @@ func newMetrics(reg prometheus.Registerer, a *agent) *metrics {
 			Help: "Writes of VM status, deletions and operation results to ChainFire, by kind and result."}, []string{"kind", "result"}),
 		orphans: prometheus.NewCounter(prometheus.CounterOpts{Name: "plasmavmc_agent_orphans_removed_total",
 			Help: "Domains of PlasmaVMC no longer assigned to this host that were destroyed and undefined."}),
+		selfFences: prometheus.NewCounter(prometheus.CounterOpts{Name: "plasmavmc_agent_self_fences_total",
+			Help: "Self-fences of this host by the agent (lease lost or not renewed before the fence deadline)."}),
+		watchdogPets: prometheus.NewCounter(prometheus.CounterOpts{Name: "plasmavmc_agent_watchdog_pets_total",
+			Help: "Pets of the watchdog process answered."}),
+		stale: prometheus.NewCounter(prometheus.CounterOpts{Name: "plasmavmc_agent_stale_copies_destroyed_total",
+			Help: "Domains destroyed by the epoch rule (older epoch, or the VM's record names another host)."}),
+		migrations: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "plasmavmc_agent_migrations_total",
+			Help: "Live migrations sent by this host, by result (done, failed)."}, []string{"result"}),
 	}
 	reg.MustRegister(m.restarts, m.reconcile, m.leaseRenewals, m.leaseGrants, m.statusWrites, m.orphans,
+		m.selfFences, m.watchdogPets, m.stale, m.migrations,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_lease_fence_in_seconds",
+			Help: "Time left before the host self-fences unless its lease is renewed (negative: past)."}, func() float64 {
+			if a.leaseValidUntil.Load() == 0 {
+				return 0
+			}
+			return time.Until(a.fenceAt()).Seconds()
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_joined",
+			Help: "1 while the host has joined (lease held, assigned VMs relisted) and may start VMs."}, func() float64 {
+			return b2f(a.joined.Load())
+		}),
 		&vmCollector{a: a, desc: prometheus.NewDesc("plasmavmc_agent_vms",
 			"VMs this agent handles, by observed state.", []string{"state"}, nil)},
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_informer_synced",
@@ -41,7 +67,7 @@ func newMetrics(reg prometheus.Registerer, a *agent) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_driver_connected",
 			Help: "1 while the hypervisor driver holds a connection to libvirtd."}, func() float64 {
 			d := a.drvReady.Load()
-			return b2f(d != nil && d.Connected())
+			return b2f(d != nil && d.Hypervisor != nil && d.Connected())
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "plasmavmc_agent_status_pending",
 			Help: "ChainFire writes waiting to be (re)tried."}, func() float64 { return float64(a.writer.pendingCount()) }),

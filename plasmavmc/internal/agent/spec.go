@@ -27,9 +27,11 @@ func permanent(err error) bool {
 		errors.Is(err, state.ErrNotFound) || errors.Is(err, state.ErrCorrupt)
 }
 
-// HostLabel is the domain metadata label naming the host whose agent defined the domain.
-// An agent only ever adopts or removes domains carrying its own host name, so agents of
-// several (fake) hosts, or tests, may share one libvirtd.
+// HostLabel is the domain metadata label naming the host whose agent defined (or adopted)
+// the domain. An agent only ever adopts or removes unassigned domains carrying its own
+// host name, so agents of several (fake) hosts, or tests, may share one libvirtd. Next to
+// it every domain carries state.LabelEpoch (the placement epoch it runs at) and, for HA
+// VMs, state.LabelFailover=true (see epoch.go).
 const HostLabel = "plasmavmc.io/host"
 
 // diskID is the storage id of disk d of VM id.
@@ -67,14 +69,9 @@ func (a *agent) buildSpec(ctx context.Context, vm *pb.VM) (driver.Spec, error) {
 		ID:         vm.GetId(),
 		Name:       vm.GetName(),
 		Generation: vm.GetGeneration(),
-		Labels:     map[string]string{HostLabel: a.cfg.HostName},
+		Labels:     domainLabels(vm, a.cfg.HostName),
 		VCPUs:      int(spec.GetVcpus()),
 		MemoryMiB:  int(spec.GetMemoryMib()),
-	}
-	for k, v := range vm.GetLabels() {
-		if k != HostLabel {
-			s.Labels[k] = v
-		}
 	}
 	if uuidRE.MatchString(vm.GetId()) {
 		s.UUID = vm.GetId() // stable identity across hosts (failover, migration)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -34,6 +35,11 @@ type vmWorker struct {
 	desired   *pb.VM // nil: not (or no longer) assigned here
 	stopCause string // why QEMU stopped, from the latest unexpected event
 	observed  pb.VMState
+
+	// joinSeen is the latest agent join (agent.joinSeq) this worker reconciled after;
+	// exited is set when run returns. Read by join.
+	joinSeen atomic.Int64
+	exited   atomic.Bool
 
 	// Owned by run's goroutine.
 	mon          *guest.Monitor
@@ -62,10 +68,24 @@ type vmWorker struct {
 	hb           *pb.Heartbeat
 	lastWritten  *pb.VMStatus
 	lastWriteAt  time.Time
+	// quiet: the VM is not this host's to report (incoming migration, another host
+	// named, migrated away): no status is written.
+	quiet bool
+	// soon asks for the next reconcile within a second (waiting on something external).
+	soon bool
+	// waitLogged avoids repeating the epoch rule's "record lags" warning.
+	waitLogged bool
+	// Live migration out (migrate.go): mig is the one running (nil: none); migDone the
+	// operations finished (never retried); migratedAway the operation whose switch
+	// happened (the VM is the target's now: nothing is started here for it).
+	mig          *migration
+	migDone      map[string]bool
+	migratedAway string
 }
 
 func newWorker(a *agent, id string) *vmWorker {
-	return &vmWorker{a: a, id: id, log: a.log.With("vm", id), wake: make(chan struct{}, 1), finished: map[string]bool{}}
+	return &vmWorker{a: a, id: id, log: a.log.With("vm", id), wake: make(chan struct{}, 1), finished: map[string]bool{},
+		migDone: map[string]bool{}}
 }
 
 func (w *vmWorker) setDesired(vm *pb.VM) {
@@ -136,6 +156,7 @@ func (w *vmWorker) takeStopCause() string {
 
 // run reconciles until the VM is neither assigned here nor has a domain, or ctx ends.
 func (w *vmWorker) run(ctx context.Context) {
+	defer w.exited.Store(true)
 	mctx, stopMon := context.WithCancel(ctx)
 	defer stopMon()
 	w.mon = guest.NewFileMonitor(w.a.drv.Paths(w.id).SerialLog, 200*time.Millisecond, nil)
@@ -172,8 +193,14 @@ func (w *vmWorker) run(ctx context.Context) {
 
 func (w *vmWorker) reconcileTimed(ctx context.Context) bool {
 	start := time.Now()
+	seq := w.a.joinSeq.Load() // before joined: see agent.join
+	joined := w.a.joined.Load()
 	w.retryAt = time.Time{}
+	w.soon = false
 	done, err := w.reconcile(ctx)
+	if joined {
+		w.joinSeen.Store(seq)
+	}
 	outcome := "ok"
 	if err != nil {
 		outcome = "error"
@@ -186,6 +213,9 @@ func (w *vmWorker) reconcileTimed(ctx context.Context) bool {
 		w.startErrs = 0
 	}
 	w.nextRecon = time.Now().Add(w.a.cfg.ReconcileInterval)
+	if w.soon || w.mig != nil {
+		w.nextRecon = time.Now().Add(time.Second)
+	}
 	w.a.m.reconcile.WithLabelValues(outcome).Observe(time.Since(start).Seconds())
 	return done
 }
@@ -204,10 +234,26 @@ func (w *vmWorker) reconcile(ctx context.Context) (done bool, err error) {
 	if err := w.refreshDomain(ctx); err != nil {
 		return false, err
 	}
+	if w.mig != nil {
+		select {
+		case <-w.mig.done:
+			w.migrationFinished(vm)
+		default:
+			w.quiet = false
+			w.setState(pb.VMState_VM_STATE_MIGRATING, "live migration to "+w.mig.target+" in progress")
+			return false, nil
+		}
+	}
 	if vm == nil {
 		return w.reconcileUnassigned(ctx)
 	}
+	if cont, err := w.applyEpochRule(ctx, vm); !cont || err != nil {
+		return false, err
+	}
 	w.seed(ctx, vm)
+	if handled, err := w.reconcileMigrationSource(ctx, vm); handled || err != nil {
+		return false, err
+	}
 	gen := vm.GetGeneration()
 	labels := vm.GetLabels()
 	if labels[state.LabelDelete] != "" {
@@ -238,6 +284,14 @@ func (w *vmWorker) reconcile(ctx context.Context) (done bool, err error) {
 	}
 	if w.latchGen == gen {
 		w.setState(w.latchState, w.latchReason)
+		return false, nil
+	}
+	if !w.a.mayStart() {
+		// Self-fenced or not joined yet: start nothing. A stop meanwhile (the fence
+		// destroyed it) is not a crash: the VM starts afresh once the host has joined.
+		w.wasRunning, w.restartAt = false, time.Time{}
+		w.takeStopCause()
+		w.setState(pb.VMState_VM_STATE_STARTING, w.a.startBlockedReason())
 		return false, nil
 	}
 	cause := w.takeStopCause()
@@ -402,8 +456,9 @@ func (w *vmWorker) seed(ctx context.Context, vm *pb.VM) {
 		return
 	}
 	st, err := state.DecodeStatus(string(resp.Kvs[0].Key), resp.Kvs[0].Value)
-	if err != nil || (st.GetHost() != "" && st.GetHost() != w.a.cfg.HostName) {
-		return
+	migratedFrom := vm.GetMigration().GetSourceHost()
+	if err != nil || (st.GetHost() != "" && st.GetHost() != w.a.cfg.HostName && st.GetHost() != migratedFrom) {
+		return // another host's: a failover starts afresh; a live migration carries on
 	}
 	w.restarts = max(w.restarts, st.GetRestarts())
 	if w.bootID == "" {
@@ -449,6 +504,12 @@ func (w *vmWorker) start(ctx context.Context, vm *pb.VM) error {
 	w.startedAt = time.Now()
 	if err := w.a.drv.Start(sctx, w.id); err != nil {
 		return err
+	}
+	if isHA(vm) && !w.a.joined.Load() {
+		// A self-fence began while this start was under way (it listed the domains
+		// before this one ran, or after: either way it must not keep running).
+		_ = w.a.drv.Destroy(sctx, w.id)
+		return fmt.Errorf("%w: host self-fenced while the VM was starting", errFenced)
 	}
 	w.wasRunning, w.restartAt = true, time.Time{}
 	w.takeStopCause()
@@ -618,7 +679,8 @@ func (w *vmWorker) reconcileUnassigned(ctx context.Context) (bool, error) {
 // StatusRefresh (force: at once).
 func (w *vmWorker) publish(force bool) {
 	vm := w.getDesired()
-	if vm == nil || w.state == pb.VMState_VM_STATE_UNSPECIFIED || (w.deletedGen != 0 && w.deletedGen == vm.GetGeneration()) {
+	if vm == nil || w.quiet || vm.GetHost() != w.a.cfg.HostName || w.state == pb.VMState_VM_STATE_UNSPECIFIED ||
+		(w.deletedGen != 0 && w.deletedGen == vm.GetGeneration()) {
 		return
 	}
 	now := time.Now()
@@ -638,6 +700,7 @@ func (w *vmWorker) publish(force bool) {
 		Restarts:           w.restarts,
 		Heartbeat:          w.hb,
 		ObservedGeneration: w.observedGen,
+		Epoch:              vm.GetEpoch(),
 	}
 	if !w.bootTime.IsZero() {
 		st.BootTime = timestamppb.New(w.bootTime)
@@ -656,6 +719,7 @@ func (w *vmWorker) publish(force bool) {
 // material reports whether b differs from a in anything but the heartbeat's progress.
 func material(a, b *pb.VMStatus) bool {
 	return a.GetState() != b.GetState() || a.GetReason() != b.GetReason() || a.GetBootId() != b.GetBootId() ||
+		a.GetEpoch() != b.GetEpoch() ||
 		a.GetRestarts() != b.GetRestarts() || a.GetObservedGeneration() != b.GetObservedGeneration() ||
 		a.GetHeartbeat().GetHealthy() != b.GetHeartbeat().GetHealthy() || (a.GetHeartbeat() == nil) != (b.GetHeartbeat() == nil)
 }
