@@ -23,12 +23,12 @@ func (a *agent) hostRecord() *pb.Host {
 		mem = hostMemoryMiB()
 	}
 	return &pb.Host{
-		Name:          a.cfg.HostName,
-		State:         pb.HostState_HOST_STATE_UP,
-		Capacity:      &pb.Resources{Vcpus: vcpus, MemoryMib: mem},
-		Pools:         a.store.Pools(),
-		Labels:        a.cfg.Labels,
-		AgentVersion:  a.cfg.Version,
+		Name:             a.cfg.HostName,
+		State:            pb.HostState_HOST_STATE_UP,
+		Capacity:         &pb.Resources{Vcpus: vcpus, MemoryMib: mem},
+		Pools:            a.store.Pools(),
+		Labels:           a.cfg.Labels,
+		AgentVersion:     a.cfg.Version,
 		Hypervisor:       hypervisor(a.drv.Accel()),
 		LastHeartbeat:    a.st.Now(),
 		MigrationUri:     a.cfg.MigrationURI,
