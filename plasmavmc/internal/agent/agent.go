@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -129,6 +132,13 @@ func Run(ctx context.Context, cfg Config) error {
 		go func() { defer bg.Done(); f() }()
 	}
 	defer func() { cancelRun(); bg.Wait() }()
+	if !cfg.NoWatchdog && len(cfg.WatchdogCommand) == 0 {
+		if exe, err := os.Executable(); err != nil || !strings.HasPrefix(filepath.Base(exe), "plasmavmc-agent") {
+			a.log.Warn("no watchdog: this executable is not plasmavmc-agent and Config.WatchdogCommand is empty",
+				"executable", exe)
+			cfg.NoWatchdog, a.cfg.NoWatchdog = true, true
+		}
+	}
 	if !cfg.NoWatchdog {
 		a.pet = newPetter(a)
 		goBG(func() { a.pet.run(ctx) })

@@ -62,14 +62,6 @@ func hostMemoryMiB() int64 {
 	return 0
 }
 
-// register writes the host record, retrying until ChainFire answers or ctx ends.
-func (a *agent) register(ctx context.Context) {
-	retry(ctx, a.log, "register host", func(ctx context.Context) error {
-		return a.st.RegisterHost(ctx, a.hostRecord())
-	})
-	a.log.Info("host registered", "host", a.cfg.HostName)
-}
-
 // retry calls f with a bounded context until it succeeds or ctx ends, backing off
 // from 100 ms to 5 s between attempts.
 func retry(ctx context.Context, log interface {
