@@ -203,6 +203,11 @@ type env struct {
 	drivers  map[string]*driver.Libvirt // by fake host name
 	iamURLs  []string
 	extra    []string // extra controller flags
+	// perAgentState gives every agent its own state directory (stateDir/<host>): the HA
+	// tests, where one VM may have a domain on two hosts.
+	perAgentState bool
+	// wrap, when set, wraps the next agents' command lines (the HA tests join a cgroup).
+	wrap func([]string) []string
 
 	mu      sync.Mutex
 	created []string // VM ids, whose domains cleanup destroys
@@ -210,8 +215,9 @@ type env struct {
 
 type agentProc struct {
 	*harness.Process
-	host *fakeHost
-	url  string
+	host     *fakeHost
+	url      string
+	stateDir string
 }
 
 type envOptions struct {
@@ -347,7 +353,7 @@ func (e *env) addAgent(host string, fh *fakeHost, memMiB int, extra ...string) *
 	if _, ok := e.drivers[fh.name]; !ok {
 		ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 		defer cancel()
-		d, err := driver.Open(ctx, driver.Config{Socket: fh.sock, StateDir: e.stateDir})
+		d, err := driver.Open(ctx, driver.Config{Socket: fh.sock, StateDir: a.stateDir})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -365,13 +371,17 @@ func (e *env) startAgent(host string, fh *fakeHost, memMiB int, extra ...string)
 		t.Fatal(err)
 	}
 	u := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
+	stateDir := e.stateDir
+	if e.perAgentState {
+		stateDir = filepath.Join(e.stateDir, host)
+	}
 	args := []string{"--host-name", host, "--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]),
 		"--chainfire-endpoints", strings.Join(e.cf.Endpoints(), ","), "--libvirt-socket", fh.sock,
-		"--pool-local", e.pool, "--state-dir", e.stateDir, "--capacity-vcpus", "32",
+		"--pool-local", e.pool, "--state-dir", stateDir, "--capacity-vcpus", "32",
 		"--capacity-memory-mib", strconv.Itoa(memMiB), "--stop-timeout", "10s", "--lease-ttl", "5s"}
 	p := harness.StartProcess(t, harness.ProcessConfig{Name: "agent-" + host, Path: e.agentBin, ReadyURL: u + "/readyz",
-		Args: append(args, extra...)})
-	a := &agentProc{Process: p, host: fh, url: u}
+		Args: append(args, extra...), Wrap: e.wrap})
+	a := &agentProc{Process: p, host: fh, url: u, stateDir: stateDir}
 	e.agents[host] = a
 	return a
 }

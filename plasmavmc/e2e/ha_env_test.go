@@ -1,0 +1,381 @@
+package e2e
+
+// The HA tests' installation: fake hosts whose agents run inside the host's own cgroup (so
+// a power-off kills the agent, its watchdog, libvirtd and every QEMU at once, and an
+// isolation cuts the agent's ChainFire traffic and nothing else), each agent with its own
+// state directory (serial logs, heartbeat sockets: two copies of a VM on two hosts never
+// share a file), every pool on one directory (the "shared" pool of the issue: one machine),
+// and a heartbeat watcher that follows every VM's serial log on every host — the
+// split-brain checker.
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"plasmacloud.dev/pkg/harness"
+	"plasmacloud.dev/plasmavmc/internal/guest/guestlab"
+	pb "plasmacloud.dev/proto/plasmavmc/v1"
+)
+
+// HA timings for the tests: short, so a failover fits the 30 s of the acceptance with room
+// for QEMU TCG on two loaded cores. The fence delay covers the agents' fence margin (the
+// self-fence fires fenceMargin before the lease can expire) plus the destroy.
+const (
+	haLeaseTTL    = "4s"
+	haFenceMargin = "1s"
+	haFenceDelay  = "3s"
+	haHealthEvery = "500ms"
+)
+
+// haCtrlArgs are the controllers' HA flags.
+var haCtrlArgs = []string{"--fence-delay", haFenceDelay, "--health-interval", haHealthEvery}
+
+// newHAEnv starts ChainFire (3 members: a controller leader change must not lose it) and
+// n controllers with the HA flags, and registers the guest's images in both pools.
+func newHAEnv(t *testing.T, controllers int) *env {
+	t.Helper()
+	e := newEnv(t, envOptions{cfSize: 3, controllers: controllers, deferControllers: true})
+	e.perAgentState = true
+	e.startControllers(controllers, append([]string{"--auth", "none"}, haCtrlArgs...))
+	c := e.api(0, "")
+	e.registerImages(c)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.img.RegisterImage(ctx, connect.NewRequest(&pb.RegisterImageRequest{Image: &pb.Image{
+		Name: "base", Pool: "shared", Format: "qcow2", Path: "images/base"}})); err != nil {
+		t.Fatalf("register shared base: %v", err)
+	}
+	return e
+}
+
+// haSpec is an HA guest: failover on, one overlay disk on the shared pool.
+func haSpec(priority int32, knobs ...string) *pb.VMSpec {
+	s := spec(knobs...)
+	s.Disks = []*pb.Disk{{Name: "root", Image: "base", Pool: "shared"}}
+	s.Ha = &pb.HAPolicy{Failover: true, Priority: priority}
+	return s
+}
+
+// hostCgroup is the fake host's cgroup (scripts/libvirt.sh host cgroup NAME).
+func hostCgroup(t testing.TB, fh *fakeHost) string {
+	t.Helper()
+	out, err := exec.Command(filepath.Join(guestlab.RepoRoot(t), "scripts", "libvirt.sh"), "host", "cgroup", fh.name).CombinedOutput()
+	if err != nil {
+		t.Fatalf("libvirt.sh host cgroup %s: %v\n%s", fh.name, err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// addHAHost starts a fresh fake host (never reused across tests: power-off kills it) and
+// an agent on it that runs inside the host's cgroup, with its own state directory and both
+// pools on the env's pool directory.
+func (e *env) addHAHost(name string) (*fakeHost, *agentProc) {
+	t := e.t
+	t.Helper()
+	fh := startFakeHost(t, fmt.Sprintf("%s-%d", name, time.Now().UnixNano()%1e6))
+	cg := hostCgroup(t, fh)
+	e.wrap = func(argv []string) []string {
+		// Join the host's cgroup before exec: every (re)start of the agent, and the watchdog
+		// it spawns, live and die with the host.
+		return append([]string{"sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cg}, argv...)
+	}
+	defer func() { e.wrap = nil }()
+	a := e.addAgent(name, fh, 4096, "--pool-shared", e.pool, "--lease-ttl", haLeaseTTL, "--fence-margin", haFenceMargin)
+	t.Cleanup(func() { killWatchdog(a) })
+	return fh, a
+}
+
+// killWatchdog kills the agent's watchdog (detached from the agent on purpose: it outlives
+// agent restarts) when the test ends.
+func killWatchdog(a *agentProc) {
+	b, err := os.ReadFile(filepath.Join(a.stateDir, "watchdog.pid"))
+	if err != nil {
+		return
+	}
+	if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 1 {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// powerOff kills everything of the fake host at once — its libvirtd, every QEMU, the agent
+// and its watchdog — like pulling the plug.
+func (e *env) powerOff(fh *fakeHost) {
+	t := e.t
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(hostCgroup(t, fh), "cgroup.kill"), []byte("1"), 0o644); err != nil {
+		t.Fatalf("power off %s: %v", fh.name, err)
+	}
+}
+
+// isolate cuts the host's processes (the agent) from every ChainFire member; heal undoes it.
+func (e *env) isolate(fh *fakeHost) {
+	t := e.t
+	t.Helper()
+	args := []string{"host", "isolate", fh.name}
+	for _, ep := range e.cf.Endpoints() {
+		args = append(args, ep[strings.LastIndex(ep, ":")+1:])
+	}
+	if out, err := exec.Command(filepath.Join(guestlab.RepoRoot(t), "scripts", "libvirt.sh"), args...).CombinedOutput(); err != nil {
+		t.Fatalf("isolate %s: %v\n%s", fh.name, err, out)
+	}
+	t.Cleanup(func() { e.heal(fh) })
+}
+
+func (e *env) heal(fh *fakeHost) {
+	if out, err := exec.Command(filepath.Join(guestlab.RepoRoot(e.t), "scripts", "libvirt.sh"), "host", "heal", fh.name).CombinedOutput(); err != nil {
+		e.t.Errorf("heal %s: %v\n%s", fh.name, err, out)
+	}
+}
+
+// hbSeen is one heartbeat line seen in a VM's serial log on a host.
+type hbSeen struct {
+	host string
+	seq  int64
+	boot string
+	at   time.Time
+}
+
+var hbLine = regexp.MustCompile(`PLASMA-HB seq=(\d+) boot=([0-9a-f-]+)`)
+
+// hbWatch follows the serial log of every VM on every watched host (polling every 100 ms)
+// and keeps every heartbeat with the time it was seen. A QEMU truncates its serial log at
+// start; the watcher notices a shrunk file and reads it from the top.
+type hbWatch struct {
+	mu    sync.Mutex
+	dirs  map[string]string // host -> agent state dir
+	off   map[string]int64  // serial log path -> bytes read
+	seen  map[string][]hbSeen
+	done  chan struct{}
+	ended chan struct{}
+}
+
+func (e *env) watchHeartbeats() *hbWatch {
+	w := &hbWatch{dirs: map[string]string{}, off: map[string]int64{}, seen: map[string][]hbSeen{},
+		done: make(chan struct{}), ended: make(chan struct{})}
+	go func() {
+		defer close(w.ended)
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			select {
+			case <-w.done:
+				return
+			case <-tick.C:
+				w.poll()
+			}
+		}
+	}()
+	e.t.Cleanup(w.stop)
+	return w
+}
+
+// add watches the agent's host.
+func (w *hbWatch) add(host string, a *agentProc) {
+	w.mu.Lock()
+	w.dirs[host] = a.stateDir
+	w.mu.Unlock()
+}
+
+func (w *hbWatch) stop() {
+	select {
+	case <-w.done:
+	default:
+		close(w.done)
+	}
+	<-w.ended
+}
+
+func (w *hbWatch) poll() {
+	w.mu.Lock()
+	dirs := make(map[string]string, len(w.dirs))
+	for h, d := range w.dirs {
+		dirs[h] = d
+	}
+	w.mu.Unlock()
+	for host, dir := range dirs {
+		logs, _ := filepath.Glob(filepath.Join(dir, "*", "serial.log"))
+		for _, path := range logs {
+			id := filepath.Base(filepath.Dir(path))
+			w.read(host, id, path)
+		}
+	}
+}
+
+func (w *hbWatch) read(host, id, path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return
+	}
+	w.mu.Lock()
+	off := w.off[path]
+	w.mu.Unlock()
+	if st.Size() < off {
+		off = 0
+	}
+	if _, err := f.Seek(off, 0); err != nil {
+		return
+	}
+	now := time.Now()
+	r := bufio.NewReader(f)
+	var got []hbSeen
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			break // a partial last line is read again next time
+		}
+		off += int64(len(line))
+		if m := hbLine.FindStringSubmatch(line); m != nil {
+			seq, _ := strconv.ParseInt(m[1], 10, 64)
+			got = append(got, hbSeen{host: host, seq: seq, boot: m[2], at: now})
+		}
+	}
+	w.mu.Lock()
+	w.off[path] = off
+	w.seen[id] = append(w.seen[id], got...)
+	w.mu.Unlock()
+}
+
+// hosts returns, per host, the first and last time the VM's heartbeat was seen there.
+func (w *hbWatch) spans(id string) map[string][2]time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := map[string][2]time.Time{}
+	for _, h := range w.seen[id] {
+		sp, ok := s[h.host]
+		if !ok {
+			sp[0] = h.at
+		}
+		sp[1] = h.at
+		s[h.host] = sp
+	}
+	return s
+}
+
+// firstOn is when the VM's heartbeat was first seen on host after t0 (zero: not yet), with
+// its boot id and seq.
+func (w *hbWatch) firstOn(id, host string, t0 time.Time) (hbSeen, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, h := range w.seen[id] {
+		if h.host == host && h.at.After(t0) {
+			return h, true
+		}
+	}
+	return hbSeen{}, false
+}
+
+// lastOn is the last heartbeat of the VM seen on host.
+func (w *hbWatch) lastOn(id, host string) (hbSeen, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.seen[id]
+	for i := len(s) - 1; i >= 0; i-- {
+		if s[i].host == host {
+			return s[i], true
+		}
+	}
+	return hbSeen{}, false
+}
+
+// checkNoOverlap fails the test if any VM's heartbeat was seen on two hosts in
+// overlapping time windows (each host's window: its first to its last heartbeat of that
+// VM; in these tests a VM runs on each host at most once). It logs every VM's windows.
+func (w *hbWatch) checkNoOverlap(t testing.TB) {
+	t.Helper()
+	w.mu.Lock()
+	ids := make([]string, 0, len(w.seen))
+	for id := range w.seen {
+		ids = append(ids, id)
+	}
+	w.mu.Unlock()
+	sort.Strings(ids)
+	for _, id := range ids {
+		spans := w.spans(id)
+		hosts := make([]string, 0, len(spans))
+		for h := range spans {
+			hosts = append(hosts, h)
+		}
+		sort.Slice(hosts, func(i, j int) bool { return spans[hosts[i]][0].Before(spans[hosts[j]][0]) })
+		var desc []string
+		for _, h := range hosts {
+			desc = append(desc, fmt.Sprintf("%s [%s .. %s]", h, spans[h][0].Format("15:04:05.000"), spans[h][1].Format("15:04:05.000")))
+		}
+		t.Logf("heartbeat windows of %s: %s", id, strings.Join(desc, ", "))
+		for i := 1; i < len(hosts); i++ {
+			prev, cur := spans[hosts[i-1]], spans[hosts[i]]
+			if !cur[0].After(prev[1]) {
+				t.Errorf("SPLIT BRAIN: VM %s heartbeat on %s until %s and on %s from %s",
+					id, hosts[i-1], prev[1].Format("15:04:05.000"), hosts[i], cur[0].Format("15:04:05.000"))
+			}
+		}
+	}
+}
+
+// runningOn counts the fake hosts on which a domain of the VM runs (virsh, independent of
+// the agents).
+func runningOn(t testing.TB, id string, hosts ...*fakeHost) []string {
+	t.Helper()
+	var on []string
+	for _, fh := range hosts {
+		out, err := exec.Command("virsh", "-c", "qemu+unix:///system?socket="+fh.sock, "list", "--state-running", "--name").CombinedOutput()
+		if err != nil {
+			continue // a powered-off host runs nothing
+		}
+		if strings.Contains(string(out), id) {
+			on = append(on, fh.name)
+		}
+	}
+	return on
+}
+
+// percentile of sorted durations (nearest rank).
+func percentile(d []time.Duration, p float64) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	i := int(p*float64(len(s))+0.5) - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// hostState polls the host until its API state is want.
+func (e *env) waitHostState(c clients, host string, want pb.HostState, limit time.Duration) {
+	e.t.Helper()
+	deadline := time.Now().Add(limit)
+	var last *pb.Host
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		resp, err := c.hst.GetHost(ctx, connect.NewRequest(&pb.GetHostRequest{Name: host}))
+		cancel()
+		if err == nil {
+			last = resp.Msg.Host
+			if last.State == want {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("host %s: state %v not reached in %v (last %v)", host, want, limit, last)
+}
+
+var _ = harness.RequireRoot
