@@ -19,8 +19,8 @@ import (
 
 // TestServerSmoke runs the real `plasmavmc server --auth none` against a real ChainFire,
 // registers a host by hand as an agent would, and drives the client commands: image
-// register, vm create → SCHEDULED, list, show, stop, host list, operation show; then a
-// graceful SIGTERM.
+// register, vm create → SCHEDULED, list, show, stop, host list, operation show, host
+// get/events/drain/undrain, vm migrate (refused); then a graceful SIGTERM.
 func TestServerSmoke(t *testing.T) {
 	cf := chainfiretest.Start(t, 1, chainfiretest.Options{})
 	bin := harness.Build(t, "plasmacloud.dev/plasmavmc/cmd/plasmavmc")
@@ -31,7 +31,8 @@ func TestServerSmoke(t *testing.T) {
 	u := fmt.Sprintf("http://127.0.0.1:%d", ports[0])
 	p := harness.StartProcess(t, harness.ProcessConfig{Name: "plasmavmc", Path: bin, ReadyURL: u + "/readyz",
 		Args: []string{"server", "--listen", fmt.Sprintf("127.0.0.1:%d", ports[0]), "--auth", "none",
-			"--chainfire-endpoints", strings.Join(cf.Endpoints(), ","), "--leader-lease-ttl", "2s", "--log-level", "debug"}})
+			"--chainfire-endpoints", strings.Join(cf.Endpoints(), ","), "--leader-lease-ttl", "2s", "--log-level", "debug",
+			"--health-interval", "200ms", "--fence-delay", "3s", "--migration-timeout", "90s", "--migration-auto-converge=false"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	if err := p.WaitReady(ctx); err != nil {
@@ -119,6 +120,36 @@ func TestServerSmoke(t *testing.T) {
 	out, err = cli("vm", "show", "not-an-id")
 	if err == nil || !strings.Contains(out, "invalid_argument") {
 		t.Fatalf("bad id: %v\n%s", err, out)
+	}
+	// HA verbs: host get/events, vm migrate refused for a VM that does not run, a drain
+	// that cannot move the (stopped, host-local) VM fails naming it, undrain.
+	if out = must("host", "get", "h1"); !strings.Contains(out, `"state": "HOST_STATE_UP"`) {
+		t.Fatalf("host get:\n%s", out)
+	}
+	deadline = time.Now().Add(15 * time.Second)
+	for {
+		out = must("host", "events", "h1")
+		if strings.Contains(out, "h1") && strings.Contains(out, "up") && strings.Contains(out, "agent alive") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("host events:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	out, err = cli("vm", "migrate", id, "--to", "h1", "--timeout", "30s")
+	if err == nil || !strings.Contains(out, "failed_precondition") || !strings.Contains(out, "not running") {
+		t.Fatalf("vm migrate of a stopped VM: %v\n%s", err, out)
+	}
+	out, err = cli("host", "drain", "h1", "--wait", "--wait-timeout", "20s")
+	if err == nil || !strings.Contains(out, "host.drain") || !strings.Contains(out, "drain failed") || !strings.Contains(out, "VM web ("+id+"): no host has room") {
+		t.Fatalf("host drain: %v\n%s", err, out)
+	}
+	if out = must("host", "list"); !strings.Contains(out, "maintenance") || !strings.Contains(out, "drained") {
+		t.Fatalf("host list after drain:\n%s", out)
+	}
+	if out = must("host", "undrain", "h1"); !strings.Contains(out, "up") {
+		t.Fatalf("host undrain:\n%s", out)
 	}
 	// /readyz says loudly that auth is off; metrics are served.
 	resp, err := exec.CommandContext(ctx, "curl", "-s", u+"/readyz").Output()
