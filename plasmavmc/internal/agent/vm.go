@@ -684,7 +684,7 @@ func (w *vmWorker) publish(force bool) {
 		return
 	}
 	now := time.Now()
-	running := w.state == pb.VMState_VM_STATE_RUNNING
+	running := w.state == pb.VMState_VM_STATE_RUNNING || w.state == pb.VMState_VM_STATE_MIGRATING
 	if o := w.mon.Latest(); o.Seq > 0 && !o.Seen.Before(w.startedAt) {
 		w.bootID, w.bootTime = o.Boot, o.Seen.Add(-o.Uptime)
 		w.hb = &pb.Heartbeat{Seq: int64(o.Seq), BootId: o.Boot, LastSeen: timestamppb.New(o.Seen),
