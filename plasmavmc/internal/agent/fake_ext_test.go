@@ -245,7 +245,9 @@ func (h *fakeHV) Shutdown(_ context.Context, id string, _ time.Duration) (bool, 
 	return false, h.stopDom(id, "shutdown", false)
 }
 
-func (h *fakeHV) Destroy(_ context.Context, id string) error { return h.stopDom(id, "destroyed", false) }
+func (h *fakeHV) Destroy(_ context.Context, id string) error {
+	return h.stopDom(id, "destroyed", false)
+}
 
 // Crash kills VM id's "QEMU" (an unexpected stop).
 func (h *fakeHV) Crash(id string) error { return h.stopDom(id, "crashed", true) }
