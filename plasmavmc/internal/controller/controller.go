@@ -1,7 +1,18 @@
 // Package controller is PlasmaVMC's control plane (`plasmavmc server`): the Connect
 // handlers of VMService, HostService, ImageService and OperationService over ChainFire
-// (through internal/state), leader election, and — on the leader only — the scheduler
-// and housekeeping.
+// (through internal/state), leader election, and — on the leader only — the scheduler,
+// housekeeping and the HA manager.
+//
+// # HA manager
+//
+// The leader also runs the HA manager (health.go, failover.go, migrate.go, drain.go),
+// every HAConfig.HealthInterval: each host's health from its agent's lease (UP,
+// SUSPECT, DOWN, FENCED after the fence delay or a successful fence command,
+// RECOVERED, UP again once the agent reports its rejoin) with a HostEvent per
+// transition; failover of the HA VMs of fenced hosts (HOST_DOWN for the others);
+// finalization of live migrations; host drains. Its state lives in ChainFire
+// (/plasmavmc/health, the operations), so a new leader continues where the last one
+// stopped; every move is one compare-and-swap on the VM record, hence exactly once.
 //
 // # Replicas
 //

@@ -135,6 +135,14 @@ func (c *Controller) markHostDown(ctx context.Context, lease int64, rec *state.V
 	}
 	c.metrics.failovers.WithLabelValues("host_down").Inc()
 	c.log.Warn("VM host down", "vm", rec.VM.Id, "name", rec.VM.Name, "reason", reason)
+	// Operations waiting for its agent end now, with the reason (a no-op for finished ones).
+	for _, l := range []string{state.LabelCreate, state.LabelStart, state.LabelStop, state.LabelReboot} {
+		if id := rec.VM.Labels[l]; id != "" {
+			if err := c.st.FinishOperation(ctx, id, pb.OperationState_OPERATION_STATE_FAILED, reason); err != nil {
+				c.log.Warn("finish operation of a host-down VM", "vm", rec.VM.Id, "operation", id, "err", err)
+			}
+		}
+	}
 	return nil
 }
 

@@ -295,7 +295,6 @@ func (c *ctrl) stop() {
 	<-c.done
 }
 
-
 // ledgersExact checks that every host's ledger is the sum of the VMs placed on it plus
 // the reservations of migrations to it.
 func (e *env) ledgersExact() {

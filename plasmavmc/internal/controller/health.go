@@ -135,8 +135,23 @@ func (c *Controller) HAPass(ctx context.Context, lease int64) error {
 	if err != nil {
 		return err
 	}
+	ag, err := c.cf.Get(ctx, state.PrefixAssigned, chainfire.WithPrefix(), chainfire.WithKeysOnly())
+	if err != nil {
+		return fmt.Errorf("%w: list assigned: %w", state.ErrUnavailable, err)
+	}
+	placed := map[string]int{}
+	for _, kv := range ag.Kvs {
+		if h, _, ok := state.ParseAssignedKey(string(kv.Key)); ok {
+			placed[h]++
+		}
+	}
 	var errs []error
 	for _, h := range hosts {
+		if h.Health == nil && !h.Alive && placed[h.Host.Name] == 0 {
+			// Registered but never seen alive, and nothing to fail over: an agent starting
+			// (it registers, then takes its lease). The API shows DOWN "no heartbeat".
+			continue
+		}
 		if err := c.checkHost(ctx, lease, h); err != nil {
 			if errors.Is(err, errNotLeader) {
 				return err
