@@ -33,6 +33,7 @@ func TestAgentBinary(t *testing.T) {
 		ReadyURL: "http://" + listen + "/readyz",
 	})
 	waitReady(t, "http://"+listen)
+	t.Cleanup(func() { killWatchdog(t, l.stateDir) }) // the agent started it, detached
 
 	vm := l.newVM("bin", host, "", nil)
 	t0 := time.Now()
