@@ -516,7 +516,7 @@ func hostRecord(kv, alive, alloc, health *mvccpb.KeyValue, maintenance bool) (*H
 }
 
 // MergeHostState sets h.state, state_reason, state_since and maintenance as the API
-// shows them: MAINTENANCE while drained (/maintenance/<host>, or a record the controller
+// shows them: MAINTENANCE while drained (no since: the flag carries no time) (/maintenance/<host>, or a record the controller
 // marked MAINTENANCE before issue 7); else the HA manager's health state — except that
 // a host it last saw UP, SUSPECT or RECOVERED whose lease is gone shows DOWN at once;
 // else (no health record yet) UP iff the agent's alive key exists, DOWN otherwise.
@@ -547,7 +547,7 @@ func MergeHostState(h *pb.Host, alive bool, health *pb.HostHealth, maintenance b
 				reason += ": " + h.StateReason
 			}
 		}
-		h.State, h.StateReason = pb.HostState_HOST_STATE_MAINTENANCE, reason
+		h.State, h.StateReason, h.StateSince = pb.HostState_HOST_STATE_MAINTENANCE, reason, nil
 	}
 }
 
