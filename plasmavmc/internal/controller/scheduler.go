@@ -228,7 +228,7 @@ func (c *Controller) place(ctx context.Context, lease int64, rec *state.VMRecord
 		vm.Host = h.Host.Name
 		vm.Epoch++ // 1 at the first placement
 		alloc := state.Add(h.Host.Allocated, state.VMResources(vm))
-		st := &pb.VMStatus{State: pb.VMState_VM_STATE_SCHEDULED, Host: vm.Host, Reason: "placed on " + vm.Host, UpdateTime: c.st.Now()}
+		st := &pb.VMStatus{State: pb.VMState_VM_STATE_SCHEDULED, Host: vm.Host, Reason: "placed on " + vm.Host, Epoch: vm.Epoch, UpdateTime: c.st.Now()}
 		tr, err := c.st.Commit(ctx, fenced(state.BuildSchedule(vm, rec.ModRevision, alloc, h.AllocRev, st), lease))
 		if err != nil {
 			return err

@@ -321,8 +321,8 @@ func (s *Store) UpdateMigrationProgress(ctx context.Context, opID string, p *pb.
 	})
 }
 
-// FailMigration finishes operation opID FAILED with reason and the figures p (phase
-// "failed" unless p says "cancelled"): the source agent's report of a migration that
+// FailMigration finishes operation opID FAILED with reason and the figures p (nil: the
+// last progress recorded; phase "failed" unless p says "cancelled"): the source agent's report of a migration that
 // did not switch (the VM keeps running on the source). ErrMigrationGone when the
 // operation is no longer RUNNING.
 func (s *Store) FailMigration(ctx context.Context, opID, reason string, p *pb.MigrationProgress) error {
@@ -336,10 +336,15 @@ func (s *Store) FailMigration(ctx context.Context, opID, reason string, p *pb.Mi
 	})
 }
 
+// mergeProgress is p (nil: the old progress, kept) with the hosts taken from old when
+// p has none, and phase set when not "".
 func mergeProgress(old, p *pb.MigrationProgress, phase string) *pb.MigrationProgress {
 	out := &pb.MigrationProgress{}
-	if p != nil {
+	switch {
+	case p != nil:
 		out = proto.Clone(p).(*pb.MigrationProgress)
+	case old != nil:
+		out = proto.Clone(old).(*pb.MigrationProgress)
 	}
 	if out.SourceHost == "" {
 		out.SourceHost = old.GetSourceHost()
