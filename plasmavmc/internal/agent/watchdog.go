@@ -247,6 +247,7 @@ func RunWatchdog(ctx context.Context, cfg WatchdogConfig) error {
 	}
 	_ = pidf.Truncate(0)
 	_, _ = pidf.WriteAt([]byte(strconv.Itoa(os.Getpid())), 0)
+	defer func() { _ = pidf.Truncate(0) }() // still locked: no stale pid is left behind
 
 	sock := filepath.Join(cfg.StateDir, WatchdogSocketName)
 	_ = os.Remove(sock) // stale: we hold the lock, so no watchdog listens on it
