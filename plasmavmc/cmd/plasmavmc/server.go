@@ -213,7 +213,9 @@ func runServer(ctx context.Context, cfg serverConfig, log *slog.Logger) error {
 	defer stopServing()
 	go func() { errc <- srv.Serve(srvCtx) }()
 	_ = plasmaserver.Notify("READY=1")
-	log.Info("plasmavmc controller started", "replica", id, "listen", cfg.Listen, "auth", cfg.Auth.Mode)
+	log.Info("plasmavmc controller started", "replica", id, "listen", cfg.Listen, "auth", cfg.Auth.Mode,
+		"health_interval", ha.HealthInterval, "fence_delay", ha.FenceDelay, "fence_command", strings.Join(ha.FenceCommand, " "),
+		"migration_timeout", mig.Timeout)
 	select {
 	case err := <-errc:
 		return err
