@@ -55,9 +55,11 @@ func newHAEnv(t *testing.T, controllers int) *env {
 	e.registerImages(c)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := c.img.RegisterImage(ctx, connect.NewRequest(&pb.RegisterImageRequest{Image: &pb.Image{
-		Name: "base", Pool: "shared", Format: "qcow2", Path: "images/base"}})); err != nil {
-		t.Fatalf("register shared base: %v", err)
+	for name, format := range map[string]string{"tiny-kernel": "kernel", "tiny-initrd": "initrd", "base": "qcow2"} {
+		if _, err := c.img.RegisterImage(ctx, connect.NewRequest(&pb.RegisterImageRequest{Image: &pb.Image{
+			Name: name, Pool: "shared", Format: format, Path: "images/" + name}})); err != nil {
+			t.Fatalf("register %s in the shared pool: %v", name, err)
+		}
 	}
 	return e
 }
