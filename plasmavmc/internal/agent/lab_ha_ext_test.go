@@ -1,9 +1,12 @@
 package agent_test
 
 import (
+	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -64,11 +67,13 @@ func TestWatchdogLab(t *testing.T) {
 			t.Fatalf("domain %s stopped while the watchdog was petted", id)
 		}
 	}
+	d0, _ := l.domain(haID)
 	wdPet(t, dir, time.Second)
 	deadline := time.Now().Add(time.Second)
+	qemuDead := waitFor(t, 30*time.Second, "HA domain's QEMU dead", func() bool { return !processAlive(d0.PID) })
 	l.waitDomain(haID, func(d driver.Domain) bool { return !d.Running() })
-	t.Logf("MEASURE watchdog fence (real libvirtd): HA domain destroyed %v after the last pet's validity ran out",
-		time.Since(deadline).Round(time.Millisecond))
+	t.Logf("MEASURE watchdog fence (real libvirtd): HA domain's QEMU dead %v, libvirt reports it shut off %v after the last pet's validity ran out",
+		(qemuDead - time.Second).Round(time.Millisecond), time.Since(deadline).Round(time.Millisecond))
 	if time.Now().Before(deadline) {
 		t.Fatal("fenced before the validity ran out")
 	}
@@ -148,4 +153,14 @@ func TestEpochLab(t *testing.T) {
 	if st, _ := l.status(t.Context(), in.Id); st != nil {
 		t.Fatalf("status written for an incoming VM: %v", st)
 	}
+}
+
+// processAlive reports whether pid runs (not gone, not a zombie waiting to be reaped).
+func processAlive(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	return len(f) > 0 && f[0] != "Z" && f[0] != "X"
 }

@@ -141,8 +141,8 @@ func (a *agent) keepLease(ctx context.Context, lease int64, validUntil time.Time
 		case <-ctx.Done():
 			return ""
 		case <-deadline.C:
-			return fmt.Sprintf("no lease renewal for %v (last renewal answered %v ago; fence margin %v)",
-				time.Since(lastOK).Round(time.Millisecond), time.Since(lastOK).Round(time.Millisecond), a.cfg.FenceMargin)
+			return fmt.Sprintf("lease not renewed in time: last renewal answered %v ago (lease TTL %v, fence margin %v)",
+				time.Since(lastOK).Round(time.Millisecond), a.cfg.LeaseTTL, a.cfg.FenceMargin)
 		case <-next.C:
 			if inflight {
 				continue

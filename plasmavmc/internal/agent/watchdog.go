@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -169,6 +170,12 @@ func ReadFenceRecords(dir string) ([]FenceRecord, error) {
 // fenceDomains destroys every running HA domain of host on hv (see fenceable), listing
 // again until a list shows none, retrying with backoff (100 ms to 2 s) on any error,
 // until done or ctx ends. It returns the VM ids it destroyed.
+//
+// Speed matters (the fence must be complete before the controller restarts the VMs
+// elsewhere, and libvirt's destroy of a QEMU takes about 2 s): each QEMU is first
+// SIGKILLed by its pid when the pid is known and /proc confirms it is that domain's QEMU,
+// then every domain is destroyed through libvirt in parallel (the cleanup, and the
+// fence itself when the pid is not usable).
 func fenceDomains(ctx context.Context, hv Hypervisor, host string, log *slog.Logger) []string {
 	var destroyed []string
 	seen := map[string]bool{}
@@ -177,28 +184,45 @@ func fenceDomains(ctx context.Context, hv Hypervisor, host string, log *slog.Log
 		lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		doms, err := hv.List(lctx)
 		cancel()
-		left := 0
 		if err == nil {
+			var targets []driver.Domain
 			for _, d := range doms {
-				if !fenceable(d, host) {
-					continue
+				if fenceable(d, host) {
+					targets = append(targets, d)
 				}
-				left++
-				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				derr := hv.Destroy(dctx, d.ID)
-				cancel()
-				if derr != nil && !errors.Is(derr, driver.ErrNotFound) {
-					err = derr
-					continue
+			}
+			if len(targets) == 0 {
+				return destroyed
+			}
+			for _, d := range targets {
+				if killQEMU(d) {
+					log.Warn("self-fence: QEMU killed", "vm", d.ID, "pid", d.PID)
 				}
-				log.Warn("self-fence: HA domain destroyed", "vm", d.ID, "name", d.Meta.Name)
-				if !seen[d.ID] {
+			}
+			errs := make([]error, len(targets))
+			var wg sync.WaitGroup
+			for i, d := range targets {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					dctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+					defer cancel()
+					began := time.Now()
+					if err := hv.Destroy(dctx, d.ID); err != nil && !errors.Is(err, driver.ErrNotFound) {
+						errs[i] = err
+						return
+					}
+					log.Warn("self-fence: HA domain destroyed", "vm", d.ID, "name", d.Meta.Name, "took", time.Since(began))
+				}()
+			}
+			wg.Wait()
+			for i, d := range targets {
+				if errs[i] != nil {
+					err = errs[i]
+				} else if !seen[d.ID] {
 					seen[d.ID] = true
 					destroyed = append(destroyed, d.ID)
 				}
-			}
-			if left == 0 {
-				return destroyed
 			}
 			if err == nil {
 				continue // list again: nothing may have started meanwhile
@@ -211,6 +235,20 @@ func fenceDomains(ctx context.Context, hv Hypervisor, host string, log *slog.Log
 		bo = min(2*bo, 2*time.Second)
 	}
 	return destroyed
+}
+
+// killQEMU SIGKILLs d's QEMU when d.PID is a process whose command line names d's
+// domain (-name guest=<domain>): never another process that reused the pid, nor one of
+// a fake hypervisor. It reports whether it sent the signal.
+func killQEMU(d driver.Domain) bool {
+	if d.PID <= 1 || d.Name == "" {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", d.PID))
+	if err != nil || !strings.Contains(string(b), "guest="+d.Name) {
+		return false
+	}
+	return syscall.Kill(d.PID, syscall.SIGKILL) == nil
 }
 
 // RunWatchdog runs the watchdog of cfg.StateDir until ctx ends: it takes the pid file
