@@ -96,13 +96,14 @@ func (w *vmWorker) reconcileMigrationSource(ctx context.Context, vm *pb.VM) (han
 		w.log.Warn("live migration failed", "operation", op, "target", m.GetTargetHost(), "reason", reason)
 		fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		if err := w.a.st.FailMigration(fctx, op, reason, &pb.MigrationProgress{Phase: "failed"}); err != nil &&
+		if err := w.a.st.FailMigration(fctx, op, reason, nil); err != nil && // nil: keeps the last progress
 			!errors.Is(err, state.ErrMigrationGone) {
 			handled, w.soon = true, true // retried at the next reconcile
 			return
 		}
 		w.a.m.migrations.WithLabelValues("failed").Inc()
 		w.migDone[op] = true
+		w.lastWritten = nil // the status is rewritten at once (RUNNING again)
 		_ = os.Remove(w.a.migrationMarker(op))
 	}
 	if !w.exists {
@@ -183,6 +184,7 @@ func (w *vmWorker) migrationFinished(vm *pb.VM) {
 		}
 	case mg.failed != "":
 		w.migDone[mg.op] = true
+		w.lastWritten = nil // the status is rewritten at once (RUNNING again)
 		w.a.m.migrations.WithLabelValues("failed").Inc()
 	}
 }
@@ -206,9 +208,6 @@ func (w *vmWorker) runMigration(ctx context.Context, vm *pb.VM, mg *migration) {
 			return // the agent is stopping: the next one resolves it (marker)
 		}
 		log.Warn("live migration failed", "reason", reason)
-		if p == nil {
-			p = &pb.MigrationProgress{}
-		}
 		err := retryUntil(ctx, func(ctx context.Context) error {
 			err := a.st.FailMigration(ctx, mg.op, reason, p)
 			if errors.Is(err, state.ErrMigrationGone) {
@@ -305,10 +304,10 @@ func (w *vmWorker) runMigration(ctx context.Context, vm *pb.VM, mg *migration) {
 	pmu.Lock()
 	figures := latest
 	pmu.Unlock()
-	if figures == nil {
-		figures = &pb.MigrationProgress{}
-	}
 	if merr == nil {
+		if figures == nil {
+			figures = &pb.MigrationProgress{}
+		}
 		figures.Phase = "done"
 		figures.TotalMs, figures.DowntimeMs = res.Total.Milliseconds(), res.Downtime.Milliseconds()
 		figures.AutoConvergeUsed, figures.PostCopyUsed = res.AutoConvergeUsed, res.PostCopyUsed
@@ -337,6 +336,9 @@ func (w *vmWorker) runMigration(ctx context.Context, vm *pb.VM, mg *migration) {
 		switch {
 		case errors.Is(gerr, driver.ErrNotFound):
 			log.Warn("migration reported an error but the domain left this host: completing the switch", "err", merr)
+			if figures == nil {
+				figures = &pb.MigrationProgress{}
+			}
 			figures.Phase = "done"
 			w.completeMigration(ctx, vm, mg, figures, "migration reported: "+merr.Error()+"; the domain reached the target")
 			if mg.switched {
@@ -358,8 +360,10 @@ func (w *vmWorker) runMigration(ctx context.Context, vm *pb.VM, mg *migration) {
 		}
 		break
 	}
-	figures.Phase = "failed"
 	if errors.Is(merr, context.Canceled) && ctx.Err() == nil {
+		if figures == nil {
+			figures = &pb.MigrationProgress{}
+		}
 		figures.Phase = "cancelled"
 		fail("live migration to "+mg.target+" cancelled: the operation was finished by the controller; VM stays on "+a.cfg.HostName, figures)
 		return
