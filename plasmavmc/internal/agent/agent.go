@@ -202,7 +202,8 @@ func newInstanceID() string {
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
 }
 
-// ready backs /readyz: the informer has listed the assigned VMs and libvirtd is connected.
+// ready backs /readyz: the informer has listed the assigned VMs, libvirtd is connected and
+// the host is not self-fenced (from a self-fence until the rejoin's relist).
 func (a *agent) ready(context.Context) error {
 	drv := a.drvReady.Load()
 	switch {
@@ -215,6 +216,9 @@ func (a *agent) ready(context.Context) error {
 	}
 	if err := a.watchErr.Load(); err != nil {
 		return fmt.Errorf("watch of assigned VMs failing: %w", *err)
+	}
+	if r := a.fenceReason.Load(); r != nil && !a.joined.Load() {
+		return fmt.Errorf("self-fenced (%s); rejoining", *r)
 	}
 	return nil
 }

@@ -118,6 +118,9 @@ func TestSelfFence(t *testing.T) {
 				metric(t, base, "plasmavmc_agent_joined"))
 		}
 
+		if code, body := get(t, base+"/readyz"); code == http.StatusOK || !strings.Contains(body, "self-fenced") {
+			t.Fatalf("readyz while fenced: %d %s", code, body)
+		}
 		if err := member.Cont(); err != nil {
 			t.Fatal(err)
 		}
@@ -134,6 +137,7 @@ func TestSelfFence(t *testing.T) {
 			return err == nil && hr.Host.RejoinedInstance == inst
 		})
 		t.Logf("MEASURE ChainFire SIGCONT → rejoined_instance written: %v", time.Since(cont).Round(time.Millisecond))
+		waitReady(t, base)
 		l.waitStatus(havm.Id, short, "HA VM running again after the rejoin", runningAt(1))
 		l.waitStatus(plain.Id, short, "plain VM running again after the rejoin", runningAt(1))
 		recs, err := agent.ReadFenceRecords(h.stateDir)
