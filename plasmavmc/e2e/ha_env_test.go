@@ -45,12 +45,12 @@ const (
 var haCtrlArgs = []string{"--fence-delay", haFenceDelay, "--health-interval", haHealthEvery}
 
 // newHAEnv starts ChainFire (3 members: a controller leader change must not lose it) and
-// n controllers with the HA flags, and registers the guest's images in both pools.
-func newHAEnv(t *testing.T, controllers int) *env {
+// n controllers with the HA flags (and ctrlArgs), and registers the guest's images in both pools.
+func newHAEnv(t *testing.T, controllers int, ctrlArgs ...string) *env {
 	t.Helper()
 	e := newEnv(t, envOptions{cfSize: 3, controllers: controllers, deferControllers: true})
 	e.perAgentState = true
-	e.startControllers(controllers, append([]string{"--auth", "none"}, haCtrlArgs...))
+	e.startControllers(controllers, append(append([]string{"--auth", "none"}, haCtrlArgs...), ctrlArgs...))
 	c := e.api(0, "")
 	e.registerImages(c)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -340,7 +340,8 @@ func TestLiveMigration(t *testing.T) {
 // it: every VM runs on the spare host, moved exactly once (epoch +1, one vm.failover
 // operation each).
 func TestControllerLeaderKilledDuringFailover(t *testing.T) {
-	e := newHAEnv(t, 2)
+	// One VM per health interval: the leader is killed with the failover half done.
+	e := newHAEnv(t, 2, "--max-failovers-per-pass", "1")
 	c0 := e.api(0, "")
 	w := e.watchHeartbeats()
 	fhA, aa := e.addHAHost("cl-a")
