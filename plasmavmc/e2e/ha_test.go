@@ -269,7 +269,7 @@ func TestLiveMigration(t *testing.T) {
 		fhC, ac := e.addHAHost("lm-c")
 		w.add("lm-c", ac)
 		before := e.vmOf(c, idle.Id) // on lm-b
-		bw := int64(4)                // MiB/s: ~96 MiB of guest takes long enough to cut
+		bw := int64(4)               // MiB/s: ~96 MiB of guest takes long enough to cut
 		op := e.migrate(c, idle.Id, "lm-c", &pb.MigrateVMRequest{MaxBandwidthMib: &bw})
 		deadline := time.Now().Add(waitTimeout)
 		for {
