@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"runtime"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -41,6 +43,7 @@ type benchConfig struct {
 	token       string
 	wbMetrics   string // /metrics URL of the replica (memory)
 	cfMetrics   string // /metrics URL of the ChainFire member watched directly
+	cpuProfile  string // write this process's CPU profile of the measured phases (puts and tail) here, per run and mode
 }
 
 func benchCommand() *cobra.Command {
@@ -98,6 +101,7 @@ count, measured 1 s after the last subscription opened.`,
 	f.StringSliceVar(&cfg.modes, "modes", []string{"watchbus", "chainfire"}, "what to measure: watchbus, chainfire")
 	f.StringVar(&cfg.wbMetrics, "watchbus-metrics", "", "WatchBus /metrics URL (default: the endpoint's)")
 	f.StringVar(&cfg.cfMetrics, "chainfire-metrics", "", "ChainFire /metrics URL (default: the first endpoint's)")
+	f.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write the bench client's CPU profile of each measured phase to FILE.<run>.<mode> (the client shares the machine: see what it costs)")
 	return cmd
 }
 
@@ -300,6 +304,14 @@ func benchMode(ctx context.Context, cfg benchConfig, cf *chainfire.Client, run i
 	runtime.ReadMemStats(&ms1)
 	mem1 := serverMem(t.memURL)
 
+	stopProfile := func() {}
+	if cfg.cpuProfile != "" {
+		var err error
+		if stopProfile, err = startCPUProfile(fmt.Sprintf("%s.%d.%s", cfg.cpuProfile, run, mode)); err != nil {
+			return err
+		}
+		defer func() { stopProfile() }()
+	}
 	// Writer: rate puts per second, value = the time just before the put, in unix nanos.
 	srvCPU0, cliCPU0, wall0 := cpuSeconds(t.cpuURLs), selfCPU(), time.Now()
 	tick := time.NewTicker(time.Second / time.Duration(cfg.rate))
@@ -330,6 +342,8 @@ loop:
 	for deadline := time.Now().Add(5 * time.Second); delivered.Load() < want && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
+	stopProfile()
+	stopProfile = func() {}
 	cancel()
 	wg.Wait()
 	total := newHist()
@@ -353,6 +367,19 @@ loop:
 		(time.Duration(total.Max()) * time.Microsecond).Round(10*time.Microsecond),
 		subscribeTime.Round(time.Millisecond), srvCPU, cliCPU, serverPer, clientPer, note)
 	return nil
+}
+
+// startCPUProfile profiles this process into path until the returned stop is called.
+func startCPUProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 // raiseNoFile lifts the soft open-files limit to the hard one: 10,000 subscribers need

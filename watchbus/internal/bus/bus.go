@@ -217,8 +217,24 @@ func (b *Bus) Run(ctx context.Context) error {
 	b.window.Store(w)
 	wg.Go(func() { b.sweep(ctx, w) })
 	wg.Go(func() { b.probeLoop(ctx, w) })
+	wg.Go(func() { b.wakeOnDrain(ctx) })
 	b.upstream(ctx, w)
 	return ctx.Err()
+}
+
+// wakeOnDrain stops every subscription when the drain begins: it sets their stop flag,
+// which they check before every send and after every wake-up, and wakes them.
+func (b *Bus) wakeOnDrain(ctx context.Context) {
+	select {
+	case <-ctx.Done():
+		return
+	case <-b.cfg.Drain:
+	}
+	b.subsMu.Lock()
+	defer b.subsMu.Unlock()
+	for s := range b.subs {
+		s.halt()
+	}
 }
 
 // currentRevision reads ChainFire's revision, retrying with backoff until ctx ends.

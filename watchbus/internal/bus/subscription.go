@@ -24,9 +24,17 @@ type SendFunc func(*watchbusv1.SubscribeResponse) error
 // Stream is one subscriber's output: Send, and Abort, which makes a Send blocked on a
 // subscriber that stopped reading fail (the server sets the write deadline to now).
 // Abort may be nil and may be called from another goroutine, at most once.
+//
+// Hold, when set, batches the transport: the bus calls Hold(true) before a Send that
+// another Send follows at once (a subscriber with several revisions to catch up on) and
+// Hold(false) before the last Send of such a run, and the server flushes only when not
+// held: one HTTP/2 hand-off and socket write for the run instead of one per message.
+// Messages, their order and sequence numbers are unchanged. Hold is called from the
+// Subscribe goroutine only, like Send; nil means every Send flushes.
 type Stream struct {
 	Send  SendFunc
 	Abort func()
+	Hold  func(hold bool)
 }
 
 // subscription modes, for the sweeper and the subscribers gauge.
@@ -57,6 +65,18 @@ type subscription struct {
 	cutReason string
 	abortT    *time.Timer
 	lastSent  time.Time
+
+	// waiter is how live mode parks: its channel is woken by the window (a revision
+	// with events for the subscriber), the bookmark timer, a cut, the drain and the end
+	// of ctx, so that parking is one channel receive.
+	waiter *Waiter
+	held   bool // Stream.Hold(true) is in effect
+	// stop is set (and the waiter woken) on a cut, the drain or the end of ctx, so that
+	// the check before every send is one load of a field already in cache; the
+	// channels say which.
+	stop atomic.Bool
+	// bookmarkFired is set by live mode's bookmark timer.
+	bookmarkFired atomic.Bool
 }
 
 // Subscribe serves one subscription until ctx ends (ctx's error), the
@@ -73,11 +93,18 @@ func (b *Bus) Subscribe(ctx context.Context, req *watchbusv1.SubscribeRequest, s
 		return ErrNotReady
 	}
 	s := &subscription{b: b, req: r, stream: st, cut: make(chan struct{})}
+	s.waiter = NewWaiter(s.req.Match, &s.cursor)
 	b.metrics.SubscribersTotal.Inc()
 	s.setMode(-1, modeSnapshot)
 	b.subsMu.Lock()
 	b.subs[s] = struct{}{}
 	b.subsMu.Unlock()
+	select { // wakeOnDrain only sees the subscriptions registered when the drain began
+	case <-b.cfg.Drain:
+		s.stop.Store(true)
+	default:
+	}
+	defer context.AfterFunc(ctx, s.halt)()
 	defer func() {
 		b.subsMu.Lock()
 		delete(b.subs, s)
@@ -86,6 +113,7 @@ func (b *Bus) Subscribe(ctx context.Context, req *watchbusv1.SubscribeRequest, s
 		if s.abortT != nil {
 			s.abortT.Stop()
 		}
+		s.hold(false)
 		code := "ok"
 		if err != nil {
 			code = codeOf(err).String()
@@ -110,7 +138,7 @@ func (b *Bus) Subscribe(ctx context.Context, req *watchbusv1.SubscribeRequest, s
 	case r.StartRevision == 0:
 		head := w.Head()
 		s.cursor.Store(head)
-		if err := s.send(ctx, &watchbusv1.SubscribeResponse{Revision: head, Bookmark: true}, "bookmark"); err != nil {
+		if err := s.send(ctx, &watchbusv1.SubscribeResponse{Revision: head, Bookmark: true}, "bookmark", 0); err != nil {
 			return err
 		}
 	default:
@@ -133,13 +161,14 @@ func (s *subscription) setMode(from, to int32) {
 }
 
 // send delivers msg with the next sequence number, first checking for a cut or a drain.
-func (s *subscription) send(ctx context.Context, msg *watchbusv1.SubscribeResponse, kind string) error {
+func (s *subscription) send(ctx context.Context, msg *watchbusv1.SubscribeResponse, kind string, events int) error {
 	if err := s.interrupted(ctx); err != nil {
 		return err
 	}
 	s.seq++
 	msg.Sequence = s.seq
-	s.sendingAt.Store(s.b.cfg.Now().UnixNano())
+	now := s.b.cfg.Now()
+	s.sendingAt.Store(now.UnixNano())
 	err := s.stream.Send(msg)
 	s.sendingAt.Store(0)
 	if err != nil {
@@ -150,23 +179,43 @@ func (s *subscription) send(ctx context.Context, msg *watchbusv1.SubscribeRespon
 		}
 		return err
 	}
-	s.lastSent = s.b.cfg.Now()
+	s.lastSent = now
 	s.b.metrics.messagesOut(kind).Inc()
-	s.b.metrics.EventsOut.Add(float64(len(msg.Events)))
+	s.b.metrics.EventsOut.Add(float64(events))
 	return nil
 }
 
-// interrupted reports a cut, a drain or the end of ctx.
+// interrupted reports a cut, a drain or the end of ctx. It runs before every send, so
+// it only looks further than the stop flag when that is set (and then polls each
+// channel on its own rather than in one select, which would lock all of them).
 func (s *subscription) interrupted(ctx context.Context) error {
+	if !s.stop.Load() {
+		return nil
+	}
 	select {
 	case <-s.cut:
 		return s.slowErr()
+	default:
+	}
+	select {
 	case <-s.b.cfg.Drain:
 		return &UnavailableError{Resume: s.cursor.Load() + 1, Reason: "replica draining"}
-	case <-ctx.Done():
-		return ctx.Err()
 	default:
-		return nil
+	}
+	return ctx.Err()
+}
+
+// halt sets the stop flag and wakes the subscription (cut, drain, end of ctx).
+func (s *subscription) halt() {
+	s.stop.Store(true)
+	s.waiter.Wake()
+}
+
+// hold switches the transport's batching on or off (see Stream.Hold).
+func (s *subscription) hold(on bool) {
+	if s.stream.Hold != nil && s.held != on {
+		s.held = on
+		s.stream.Hold(on)
 	}
 }
 
@@ -182,36 +231,49 @@ func (s *subscription) cutNow(reason string) {
 		s.b.metrics.SlowConsumerCuts.WithLabelValues(reason).Inc()
 		s.b.log.Warn("slow consumer cut", "reason", reason, "resume_revision", s.cursor.Load()+1)
 		close(s.cut)
+		s.halt()
 		if s.stream.Abort != nil {
 			s.abortT = time.AfterFunc(s.b.cfg.CutGrace, s.stream.Abort)
 		}
 	})
 }
 
-// filter returns the events of an entry under the subscriber's prefixes, without
-// prev_kv unless asked for. The result shares the key-values with the window.
-func (s *subscription) filter(events []*mvccpb.Event) []*mvccpb.Event {
-	var out []*mvccpb.Event
-	for _, ev := range events {
-		if !s.req.Match(ev.GetKv().GetKey()) {
-			continue
-		}
-		if !s.req.PrevKV && ev.PrevKv != nil {
-			ev = &mvccpb.Event{Type: ev.Type, Kv: ev.Kv}
-		}
-		out = append(out, ev)
+// deliverRun sends the matching events of consecutive revisions (ascending, as read
+// from the window or from one history watch response), one message per revision with
+// matching events, and moves the cursor past each revision once its message is sent
+// (or at once, when none of its events match). Every message but the last is sent with
+// the transport held (Stream.Hold), so the run leaves in one flush.
+//
+// Messages carry their events pre-encoded where the entry has encodings (see message).
+func (s *subscription) deliverRun(ctx context.Context, entries []Entry) error {
+	type out struct {
+		msg    *watchbusv1.SubscribeResponse
+		events int
 	}
-	return out
-}
-
-// deliver sends one revision's matching events (if any) and moves the cursor past it.
-func (s *subscription) deliver(ctx context.Context, rev int64, events []*mvccpb.Event) error {
-	if evs := s.filter(events); len(evs) > 0 {
-		if err := s.send(ctx, &watchbusv1.SubscribeResponse{Revision: rev, Events: evs}, "events"); err != nil {
-			return err
+	var (
+		one  [1]out // the usual run: one revision, no allocation
+		msgs = one[:0]
+		last = -1 // the last entry with a message
+	)
+	if len(entries) > 1 {
+		msgs = make([]out, 0, len(entries))
+	}
+	for i := range entries {
+		m, n := message(&s.req, &entries[i])
+		msgs = append(msgs, out{m, n})
+		if m != nil {
+			last = i
 		}
 	}
-	s.cursor.Store(rev)
+	for i, e := range entries {
+		if m := msgs[i]; m.msg != nil {
+			s.hold(i < last)
+			if err := s.send(ctx, m.msg, "events", m.events); err != nil {
+				return err
+			}
+		}
+		s.cursor.Store(e.Revision)
+	}
 	return nil
 }
 
@@ -220,24 +282,53 @@ func (s *subscription) bookmarkDue(ctx context.Context) error {
 	if s.b.cfg.Now().Sub(s.lastSent) < s.req.BookmarkInterval {
 		return nil
 	}
-	return s.send(ctx, &watchbusv1.SubscribeResponse{Revision: s.cursor.Load(), Bookmark: true}, "bookmark")
+	return s.send(ctx, &watchbusv1.SubscribeResponse{Revision: s.cursor.Load(), Bookmark: true}, "bookmark", 0)
+}
+
+// bookmarkTick sends a bookmark if one is due, when live mode's bookmark timer has
+// fired, and re-arms the timer for when the next one is due. The timer is armed for a
+// time at or before the due time (sends only move the due time later), so a timer that
+// has not fired means no bookmark is due: the hot path reads no clock and resets no
+// timer, and an active subscriber's timer fires once per interval, not per message.
+func (s *subscription) bookmarkTick(ctx context.Context, t *time.Timer) error {
+	if !s.bookmarkFired.Swap(false) {
+		return nil
+	}
+	if err := s.bookmarkDue(ctx); err != nil {
+		return err
+	}
+	t.Reset(max(s.lastSent.Add(s.req.BookmarkInterval).Sub(s.b.cfg.Now()), time.Millisecond))
+	return nil
 }
 
 // readBatch is how many revisions a subscriber takes from the window at once.
 const readBatch = 256
 
 // live serves the subscription from the window until it ends.
+//
+// Between reads it parks on its waiter: the window wakes it only for revisions with
+// events under its prefixes and moves its cursor past the others in place, and a
+// bookmark timer, a cut, the drain and the end of ctx wake the same channel. At 10,000
+// subscribers the five-way select this replaces was 14% of the replica's CPU (locking
+// five channels, one of them shared by all, on every park and wake-up).
 func (s *subscription) live(ctx context.Context, w *Window) error {
 	s.setMode(s.mode.Load(), modeWindow)
 	if s.lastSent.IsZero() {
 		s.lastSent = s.b.cfg.Now()
 	}
-	// One timer, armed only while idle for when the next bookmark is due: a ticker per
-	// subscriber woke all of them every second (10,000 wake-ups a second at 10,000
-	// subscribers, as many as a revision's fan-out) to find nothing to do.
-	bookmark := time.NewTimer(s.req.BookmarkInterval)
+	w.AddWaiter(s.waiter)
+	defer w.RemoveWaiter(s.waiter)
+	// One timer, armed for when the next bookmark is due (a ticker per subscriber woke
+	// all of them every second to find nothing to do).
+	bookmark := time.AfterFunc(max(s.lastSent.Add(s.req.BookmarkInterval).Sub(s.b.cfg.Now()), time.Millisecond), func() {
+		s.bookmarkFired.Store(true)
+		s.waiter.Wake()
+	})
 	defer bookmark.Stop()
 	for {
+		if err := s.interrupted(ctx); err != nil {
+			return err
+		}
 		cursor := s.cursor.Load()
 		r := w.Read(cursor, readBatch)
 		if r.Compacted {
@@ -247,37 +338,27 @@ func (s *subscription) live(ctx context.Context, w *Window) error {
 			s.cutNow("evicted")
 			return s.slowErr()
 		}
-		for _, e := range r.Entries {
-			if err := s.deliver(ctx, e.Revision, e.Events); err != nil {
-				return err
-			}
+		if err := s.deliverRun(ctx, r.Entries); err != nil {
+			return err
 		}
 		if len(r.Entries) == readBatch {
-			if err := s.bookmarkDue(ctx); err != nil {
+			if err := s.bookmarkTick(ctx, bookmark); err != nil {
 				return err
 			}
 			continue
 		}
 		if len(r.Entries) == 0 && r.Head > cursor {
-			s.cursor.Store(r.Head) // nothing in (cursor, head]
+			// Nothing in (cursor, head]; the window may have moved the cursor
+			// further meanwhile, never back.
+			s.cursor.CompareAndSwap(cursor, r.Head)
 		}
-		if err := s.bookmarkDue(ctx); err != nil {
+		if err := s.bookmarkTick(ctx, bookmark); err != nil {
 			return err
 		}
 		if len(r.Entries) > 0 {
 			continue
 		}
-		bookmark.Reset(max(s.lastSent.Add(s.req.BookmarkInterval).Sub(s.b.cfg.Now()), time.Millisecond))
-		select {
-		case <-r.Changed:
-		case <-bookmark.C:
-		case <-s.cut:
-			return s.slowErr()
-		case <-s.b.cfg.Drain:
-			return &UnavailableError{Resume: s.cursor.Load() + 1, Reason: "replica draining"}
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+		<-s.waiter.C
 	}
 }
 
@@ -331,19 +412,21 @@ func (s *subscription) history(ctx context.Context, w *Window) error {
 			case len(r.Events) == 0:
 				continue
 			}
-			evs := r.Events
-			for len(evs) > 0 {
+			// One response may hold several revisions: deliver them as one run.
+			var run []Entry
+			for evs := r.Events; len(evs) > 0; {
 				rev := evs[0].GetKv().GetModRevision()
 				n := 1
 				for n < len(evs) && evs[n].GetKv().GetModRevision() == rev {
 					n++
 				}
 				if rev > s.cursor.Load() {
-					if err := s.deliver(ctx, rev, evs[:n]); err != nil {
-						return err
-					}
+					run = append(run, Entry{Revision: rev, Events: evs[:n:n]})
 				}
 				evs = evs[n:]
+			}
+			if err := s.deliverRun(ctx, run); err != nil {
+				return err
 			}
 		}
 	}
@@ -361,7 +444,7 @@ func (s *subscription) snapshot(ctx context.Context, rev int64) error {
 	flush := func(end bool) error {
 		msg := &watchbusv1.SubscribeResponse{Revision: rev, Events: batch, Snapshot: true, SnapshotEnd: end}
 		batch, size = nil, 0
-		return s.send(ctx, msg, "snapshot")
+		return s.send(ctx, msg, "snapshot", len(msg.Events))
 	}
 	for _, p := range s.req.Prefixes {
 		end := string(chainfire.PrefixEnd(p))

@@ -83,7 +83,7 @@ type collector struct {
 func (c *collector) send(m *watchbusv1.SubscribeResponse) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.msgs = append(c.msgs, m)
+	c.msgs = append(c.msgs, wire(m))
 	return nil
 }
 

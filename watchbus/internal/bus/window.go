@@ -3,6 +3,7 @@ package bus
 import (
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"plasmacloud.dev/proto/mvccpb"
@@ -18,6 +19,11 @@ type Entry struct {
 	Events []*mvccpb.Event
 	// Received is when the upstream watch delivered the revision.
 	Received time.Time
+
+	// enc caches the events' encodings per subscriber view (see encodings); nil for
+	// entries no longer among the newest encodedEntries. A cache, not content: the
+	// window clears it under its write lock, readers use the copy they read.
+	enc *encodings
 }
 
 // Window is the revision-indexed in-memory window of recent ChainFire revisions that
@@ -28,6 +34,11 @@ type Entry struct {
 // of readers call Read, Floor, Head, Lag and Changed concurrently. The writer never waits
 // for a reader: a reader copies out entry pointers under a read lock and works on them
 // outside it. A reader whose cursor falls below Floor (evicted) learns it from Read.
+//
+// Readers learn of changes either from ReadResult.Changed (closed on the next change) or,
+// cheaper when there are thousands of them, as registered [Waiter]s: after each change
+// the writer wakes only the waiters that have something to read in it (per-prefix
+// dispatch) and moves the cursor of the others past it in place.
 type Window struct {
 	maxEvents int
 	maxAge    time.Duration
@@ -44,6 +55,117 @@ type Window struct {
 	// compaction revision.
 	resetAt, resetCompact int64
 	changed               chan struct{} // closed and replaced when the window changes
+
+	// waiters are the registered readers, woken after each change outside mu. waitMu
+	// guards the slice and the index (a waiter's position, for O(1) removal).
+	waitMu  sync.Mutex
+	waiters []*Waiter
+	waitIdx map[*Waiter]int
+}
+
+// Waiter is a reader registered with a window (AddWaiter) so that the writer wakes it
+// after a change instead of it waiting on ReadResult.Changed: one channel receive to
+// park on, which several other wake-up sources (cancelation, a timer, a cut) can share,
+// and no wake-up at all for a revision that has nothing for it.
+//
+// Match and Cursor are read by the writer while the waiter is registered: Match must
+// not change, and Cursor is the reader's own cursor (revisions up to it delivered or
+// passed over). The writer moves it forward only with CompareAndSwap from the head
+// before a change to the change's revision, when the change has no event Match
+// accepts: the reader had seen everything before it, so it has seen everything up to
+// the change too. The reader must therefore only ever Store revisions it has read.
+type Waiter struct {
+	// C receives a value (capacity 1, so wake-ups coalesce) when the window changed
+	// in a way that concerns the reader, or when Wake was called.
+	C chan struct{}
+	// Match reports whether an event key concerns the reader (nil: every change does).
+	Match func(key []byte) bool
+	// Cursor is the reader's cursor (nil: the writer never advances it; every change
+	// wakes the reader).
+	Cursor *atomic.Int64
+}
+
+// NewWaiter returns a waiter with a fresh channel.
+func NewWaiter(match func(key []byte) bool, cursor *atomic.Int64) *Waiter {
+	return &Waiter{C: make(chan struct{}, 1), Match: match, Cursor: cursor}
+}
+
+// Wake makes C ready without blocking (a no-op when it already is). Any goroutine may
+// call it.
+func (wk *Waiter) Wake() {
+	select {
+	case wk.C <- struct{}{}:
+	default:
+	}
+}
+
+// AddWaiter registers wk: it is woken after every change that concerns it until
+// RemoveWaiter. Register before the first Read so that no change falls between the
+// read and the registration.
+func (w *Window) AddWaiter(wk *Waiter) {
+	w.waitMu.Lock()
+	defer w.waitMu.Unlock()
+	if w.waitIdx == nil {
+		w.waitIdx = make(map[*Waiter]int)
+	}
+	if _, ok := w.waitIdx[wk]; ok {
+		return
+	}
+	w.waitIdx[wk] = len(w.waiters)
+	w.waiters = append(w.waiters, wk)
+}
+
+// RemoveWaiter unregisters wk (a no-op if it is not registered).
+func (w *Window) RemoveWaiter(wk *Waiter) {
+	w.waitMu.Lock()
+	defer w.waitMu.Unlock()
+	i, ok := w.waitIdx[wk]
+	if !ok {
+		return
+	}
+	last := len(w.waiters) - 1
+	if i != last {
+		w.waiters[i] = w.waiters[last]
+		w.waitIdx[w.waiters[i]] = i
+	}
+	w.waiters[last] = nil
+	w.waiters = w.waiters[:last]
+	delete(w.waitIdx, wk)
+}
+
+// Waiters returns the number of registered waiters.
+func (w *Window) Waiters() int {
+	w.waitMu.Lock()
+	defer w.waitMu.Unlock()
+	return len(w.waiters)
+}
+
+// dispatch wakes the waiters after the head moved from prev to rev with events (none
+// for a progress notification). A waiter whose Match accepts none of the events and
+// whose cursor is at prev is advanced to rev instead of being woken. wakeAll (a Reset)
+// wakes everyone. Called by the writer without mu held.
+func (w *Window) dispatch(prev, rev int64, events []*mvccpb.Event, wakeAll bool) {
+	w.waitMu.Lock()
+	defer w.waitMu.Unlock()
+	for _, wk := range w.waiters {
+		if !wakeAll && wk.Cursor != nil && !matchesAny(wk.Match, events) && wk.Cursor.CompareAndSwap(prev, rev) {
+			continue
+		}
+		wk.Wake()
+	}
+}
+
+// matchesAny reports whether match accepts any event's key (a nil match accepts all).
+func matchesAny(match func([]byte) bool, events []*mvccpb.Event) bool {
+	if match == nil {
+		return len(events) > 0
+	}
+	for _, ev := range events {
+		if match(ev.GetKv().GetKey()) {
+			return true
+		}
+	}
+	return false
 }
 
 // WindowConfig bounds a window.
@@ -74,15 +196,21 @@ func NewWindow(cfg WindowConfig, rev int64) *Window {
 func (w *Window) Append(rev int64, events []*mvccpb.Event) bool {
 	now := w.now()
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if rev <= w.head {
+		w.mu.Unlock()
 		return false
 	}
-	w.entries = append(w.entries, Entry{Revision: rev, Events: events, Received: now})
+	prev := w.head
+	w.entries = append(w.entries, Entry{Revision: rev, Events: events, Received: now, enc: newEncodings(events)})
+	if old := len(w.entries) - 1 - encodedEntries; old >= w.off {
+		w.entries[old].enc = nil
+	}
 	w.events += len(events)
 	w.head = rev
 	w.evictLocked(now)
 	w.notifyLocked()
+	w.mu.Unlock()
+	w.dispatch(prev, rev, events, false)
 	return true
 }
 
@@ -90,12 +218,15 @@ func (w *Window) Append(rev int64, events []*mvccpb.Event) bool {
 // up to rev). It is a no-op when rev <= Head.
 func (w *Window) Advance(rev int64) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	if rev <= w.head {
+		w.mu.Unlock()
 		return
 	}
+	prev := w.head
 	w.head = rev
 	w.notifyLocked()
+	w.mu.Unlock()
+	w.dispatch(prev, rev, nil, false)
 }
 
 // Expire evicts entries older than MaxAge; the upstream loop calls it periodically so
@@ -112,7 +243,6 @@ func (w *Window) Expire() {
 // below rev learn it from Read (ErrCompacted-worthy, not a slow-consumer cut).
 func (w *Window) Reset(rev, compactRev int64) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	w.entries, w.off, w.events = nil, 0, 0
 	if rev < w.head {
 		rev = w.head // never move backwards: cursors already past head stay valid
@@ -120,6 +250,8 @@ func (w *Window) Reset(rev, compactRev int64) {
 	w.floor, w.head = rev, rev
 	w.resetAt, w.resetCompact = rev, compactRev
 	w.notifyLocked()
+	w.mu.Unlock()
+	w.dispatch(0, 0, nil, true)
 }
 
 func (w *Window) notifyLocked() {

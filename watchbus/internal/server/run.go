@@ -118,7 +118,7 @@ func Run(ctx context.Context, cfg Config) error {
 	// hundred bytes that do not shrink. ChainFire uses the same threshold.
 	path, h := watchbusv1connect.NewWatchBusServiceHandler(&handler{bus: b, log: log},
 		connect.WithInterceptors(interceptor), connect.WithCompressMinBytes(compressMinBytes))
-	srv.Handle(path, withAborter(h))
+	srv.Handle(path, withStreamControl(h))
 
 	srvCtx, stopServing := context.WithCancel(context.Background())
 	defer stopServing()
@@ -167,11 +167,12 @@ type handler struct {
 // once.
 func (h *handler) Subscribe(ctx context.Context, req *connect.Request[watchbusv1.SubscribeRequest],
 	st *connect.ServerStream[watchbusv1.SubscribeResponse]) error {
-	ab, _ := ctx.Value(aborterKey{}).(*aborter)
+	sc, _ := ctx.Value(streamControlKey{}).(*streamControl)
 	stream := bus.Stream{Send: st.Send}
-	if ab != nil {
-		stream.Abort = ab.abort
-		defer ab.finish()
+	if sc != nil {
+		stream.Abort = sc.abort
+		stream.Hold = sc.gate.hold
+		defer sc.finish()
 	}
 	err := h.bus.Subscribe(ctx, req.Msg, stream)
 	if ctx.Err() != nil {
@@ -180,18 +181,22 @@ func (h *handler) Subscribe(ctx context.Context, req *connect.Request[watchbusv1
 	return bus.ConnectError(err)
 }
 
-// aborter lets the slow-consumer policy fail a Send blocked on a subscriber that stopped
-// reading: it sets the stream's write deadline to now. It is safe to call after the
-// handler returned (it then does nothing).
-type aborter struct {
+// streamControl is what the bus needs of a stream's transport beyond Connect's Send:
+// aborting a Send blocked on a subscriber that stopped reading (the slow-consumer
+// policy) and holding flushes while a run of messages is written (bus.Stream.Hold).
+type streamControl struct {
 	mu   sync.Mutex
 	done bool
 	rc   *http.ResponseController
+	gate *flushGate
 }
 
-type aborterKey struct{}
+type streamControlKey struct{}
 
-func (a *aborter) abort() {
+// abort sets the stream's write deadline to now, so that a blocked Send fails. It is
+// safe to call from any goroutine, also after the handler returned (it then does
+// nothing).
+func (a *streamControl) abort() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if !a.done {
@@ -199,17 +204,50 @@ func (a *aborter) abort() {
 	}
 }
 
-func (a *aborter) finish() {
+func (a *streamControl) finish() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.done = true
 }
 
-// withAborter puts an aborter for the request's ResponseWriter in its context.
-func withAborter(h http.Handler) http.Handler {
+// flushGate is the http.ResponseWriter Connect writes a stream to: Connect flushes after
+// every message, and the gate passes the flush on unless the bus holds it because
+// another message follows at once. A flush of the HTTP/2 server is a hand-off to the
+// connection's writer goroutine and a socket write; a run of held messages goes out in
+// the next flush (or earlier in 4 KiB chunks, the server's stream buffer).
+//
+// Concurrency: hold and Flush are called on the handler's goroutine only (the bus's
+// Subscribe goroutine, which also calls Send).
+type flushGate struct {
+	http.ResponseWriter
+	flusher http.Flusher
+	held    bool
+}
+
+// Flush implements http.Flusher.
+func (g *flushGate) Flush() {
+	if !g.held {
+		g.flusher.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the server's writer.
+func (g *flushGate) Unwrap() http.ResponseWriter { return g.ResponseWriter }
+
+func (g *flushGate) hold(on bool) { g.held = on }
+
+// withStreamControl puts a streamControl for the request in its context and gives the
+// handler the flush gate as its writer (when the server's writer can flush at all).
+func withStreamControl(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ab := &aborter{rc: http.NewResponseController(w)}
-		defer ab.finish()
-		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), aborterKey{}, ab)))
+		sc := &streamControl{rc: http.NewResponseController(w)}
+		defer sc.finish()
+		if f, ok := w.(http.Flusher); ok {
+			sc.gate = &flushGate{ResponseWriter: w, flusher: f}
+			w = sc.gate
+		} else {
+			sc.gate = &flushGate{}
+		}
+		h.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), streamControlKey{}, sc)))
 	})
 }
