@@ -495,6 +495,13 @@ func (e *env) waitVM(c clients, id string, limit time.Duration, what string, con
 	var logs strings.Builder
 	for name, a := range e.agents {
 		fmt.Fprintf(&logs, "\n--- agent %s:\n%s", name, tail(a.Logs()))
+		if b, err := os.ReadFile(filepath.Join(a.stateDir, id, "serial.log")); err == nil {
+			s := string(b)
+			if len(s) > 1500 {
+				s = "..." + s[len(s)-1500:]
+			}
+			fmt.Fprintf(&logs, "\n--- serial log of %s on %s:\n%s", id, name, s)
+		}
 	}
 	e.t.Fatalf("VM %s: %s not reached in %v; last %s (err %v)%s", id, what, limit, protojson.Format(last), lastErr, logs.String())
 	return nil, 0

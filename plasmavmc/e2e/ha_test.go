@@ -226,7 +226,10 @@ func TestLiveMigration(t *testing.T) {
 	fhA, aa := e.addHAHost("lm-a")
 	w.add("lm-a", aa)
 	idle := e.create(c, "demo", "idle", haSpec(0))
-	dirty := e.create(c, "demo", "dirty", haSpec(0, "plasma.dirty=24"))
+	// Dirtying 32 MiB needs room (a tmpfs of that size in the guest): 96 MiB panics.
+	dirtySpec := haSpec(0, "plasma.dirty=32")
+	dirtySpec.MemoryMib = 256
+	dirty := e.create(c, "demo", "dirty", dirtySpec)
 	for _, id := range []string{idle.Id, dirty.Id} {
 		e.waitVM(c, id, bootTimeout, "running", running(""))
 	}
@@ -258,8 +261,18 @@ func TestLiveMigration(t *testing.T) {
 		if hb.boot != lastBefore.boot || hb.seq <= lastBefore.seq {
 			t.Errorf("heartbeat on %s: boot %s seq %d; before: boot %s seq %d", to, hb.boot, hb.seq, lastBefore.boot, lastBefore.seq)
 		}
+		// The guest keeps its pace on the destination (one heartbeat a second).
+		t1 := time.Now()
+		time.Sleep(5 * time.Second)
+		if n := w.countOn(vm.Id, to, t1); n < 3 {
+			t.Errorf("only %d heartbeats on %s in the 5 s after the migration", n, to)
+		}
 	}
 	t.Run("idle", func(t *testing.T) { move(t, idle, "lm-a", "lm-b", nil) })
+	t.Run("idle and back", func(t *testing.T) {
+		move(t, idle, "lm-b", "lm-a", nil)
+		move(t, idle, "lm-a", "lm-b", nil)
+	})
 	t.Run("dirtying memory", func(t *testing.T) {
 		ac := true
 		move(t, dirty, "lm-a", "lm-b", &pb.MigrateVMRequest{AutoConverge: &ac})
