@@ -37,6 +37,7 @@ type benchConfig struct {
 	rate        int
 	duration    time.Duration
 	prefix      string
+	prefixes    int // subscribers and puts spread over this many prefixes under prefix
 	modes       []string
 	runs        int
 	clients     int
@@ -54,8 +55,8 @@ func benchCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "bench",
 		Short: "Measure put → event latency and memory per subscriber, through WatchBus and directly on ChainFire",
-		Long: `Open --subscribers subscriptions on one WatchBus replica (all on one prefix), put
---rate keys per second into ChainFire for --duration, and measure for every delivered
+		Long: `Open --subscribers subscriptions on one WatchBus replica (all on one prefix, or
+spread over --prefixes), put --rate keys per second into ChainFire for --duration, and measure for every delivered
 event the latency from just before the put to its arrival (p50, p99, max); then the
 same with the same number of watches opened directly on the first ChainFire endpoint,
 in the same run, with the same client machinery (one HTTP/2 client per mode, one gRPC
@@ -64,7 +65,9 @@ stream per subscriber). --runs repeats both, alternating.
 Columns: delivered/expected (events; INCOMPLETE when some had not arrived 5 s after
 the last put), put p50 (the put's own round trip, part of every latency), srv CPU/s
 (CPU seconds per second of the server processes doing the work: WatchBus + ChainFire,
-or ChainFire alone), client CPU/s (this process), memory per subscriber: growth of the
+or ChainFire alone), client CPU/s (this process), srv µs/ev and cli µs/ev (the same CPU
+time per event the puts generated: the cost of one delivered event), memory per
+subscriber: growth of the
 server's Go heap in use + stacks (its /metrics) and of this process's, divided by the
 count, measured 1 s after the last subscription opened.`,
 		Example: `  watchbus bench --endpoints http://127.0.0.1:7002 --chainfire-endpoints http://127.0.0.1:2379 \
@@ -96,6 +99,7 @@ count, measured 1 s after the last subscription opened.`,
 	f.IntVar(&cfg.rate, "rate", 20, "puts per second")
 	f.DurationVar(&cfg.duration, "duration", 15*time.Second, "measurement time per mode")
 	f.StringVar(&cfg.prefix, "prefix", "/bench/watchbus/", "key prefix written and watched")
+	f.IntVar(&cfg.prefixes, "prefixes", 1, "spread the subscribers over this many prefixes under --prefix (subscriber i watches prefix i mod N) and the puts too (put j goes to prefix j mod N): each put then concerns 1/N of the subscribers")
 	f.IntVar(&cfg.clients, "clients", 1, "HTTP/2 clients the subscribers are spread over (each opens its own connections; 1: one client, a connection per 250 streams)")
 	f.IntVar(&cfg.runs, "runs", 1, "repeat every mode this many times, alternating (noisy machines: report the range)")
 	f.StringSliceVar(&cfg.modes, "modes", []string{"watchbus", "chainfire"}, "what to measure: watchbus, chainfire")
@@ -105,9 +109,32 @@ count, measured 1 s after the last subscription opened.`,
 	return cmd
 }
 
-// subscriberFunc runs one subscriber until ctx ends, calling ready once it is
+// subscriberFunc runs one subscriber on prefix until ctx ends, calling ready once it is
 // subscribed and got for every event value received.
-type subscriberFunc func(ctx context.Context, ready func(), got func(value []byte)) error
+type subscriberFunc func(ctx context.Context, prefix string, ready func(), got func(value []byte)) error
+
+// benchPrefix is the prefix of subscriber or put i.
+func benchPrefix(cfg benchConfig, i int) string {
+	if cfg.prefixes <= 1 {
+		return cfg.prefix
+	}
+	return fmt.Sprintf("%sp%04d/", cfg.prefix, i%cfg.prefixes)
+}
+
+// expectedEvents is how many events puts puts deliver in all: put j reaches the
+// subscribers on prefix j mod N.
+func expectedEvents(cfg benchConfig, puts int) int64 {
+	n := max(1, cfg.prefixes)
+	var want int64
+	for j := range puts {
+		p := j % n
+		want += int64(cfg.subscribers / n)
+		if p < cfg.subscribers%n {
+			want++
+		}
+	}
+	return want
+}
 
 // benchTarget is one side of the comparison: how a subscriber subscribes, and the
 // /metrics URLs of the server processes that do the work for it (their CPU time and
@@ -126,11 +153,11 @@ func runBench(ctx context.Context, cfg benchConfig, out io.Writer) error {
 		return err
 	}
 	defer cf.Close()
-	fmt.Fprintf(out, "watchbus bench: %d subscribers on %q over %d client(s), %d puts/s for %s, %d run(s), GOMAXPROCS %d, NumCPU %d\n",
-		cfg.subscribers, cfg.prefix, max(1, cfg.clients), cfg.rate, cfg.duration, cfg.runs, runtime.GOMAXPROCS(0), runtime.NumCPU())
-	fmt.Fprintf(out, "%-4s %-10s %6s %21s %9s %9s %9s %9s %9s %10s %11s %11s %12s %12s\n", "run", "mode", "puts",
+	fmt.Fprintf(out, "watchbus bench: %d subscribers on %q (%d prefix(es)) over %d client(s), %d puts/s for %s, %d run(s), GOMAXPROCS %d, NumCPU %d\n",
+		cfg.subscribers, cfg.prefix, max(1, cfg.prefixes), max(1, cfg.clients), cfg.rate, cfg.duration, cfg.runs, runtime.GOMAXPROCS(0), runtime.NumCPU())
+	fmt.Fprintf(out, "%-4s %-10s %6s %21s %9s %9s %9s %9s %9s %10s %11s %10s %10s %11s %12s %12s\n", "run", "mode", "puts",
 		"delivered/expected", "put p50", "p50", "p99", "max", "subscribe", "srv CPU/s", "client CPU/s",
-		"srv B/sub", "client B/sub", "")
+		"srv µs/ev", "cli µs/ev", "srv B/sub", "client B/sub", "")
 	for run := 1; run <= cfg.runs; run++ {
 		for _, mode := range cfg.modes {
 			t, err := benchTargetFor(cfg, mode)
@@ -169,9 +196,9 @@ func benchTargetFor(cfg benchConfig, mode string) (benchTarget, error) {
 	switch mode {
 	case "watchbus":
 		t.memURL, t.cpuURLs = cfg.wbMetrics, []string{cfg.wbMetrics, cfg.cfMetrics}
-		t.sub = func(ctx context.Context, ready func(), got func([]byte)) error {
+		t.sub = func(ctx context.Context, prefix string, ready func(), got func([]byte)) error {
 			client := watchbusv1connect.NewWatchBusServiceClient(pick(), cfg.watchbus, connect.WithGRPC(), connect.WithInterceptors(bearer(cfg.token)))
-			st, err := client.Subscribe(ctx, connect.NewRequest(&watchbusv1.SubscribeRequest{Prefixes: [][]byte{[]byte(cfg.prefix)}}))
+			st, err := client.Subscribe(ctx, connect.NewRequest(&watchbusv1.SubscribeRequest{Prefixes: [][]byte{[]byte(prefix)}}))
 			if err != nil {
 				return err
 			}
@@ -194,15 +221,15 @@ func benchTargetFor(cfg benchConfig, mode string) (benchTarget, error) {
 			u = "http://" + u
 		}
 		t.memURL, t.cpuURLs = cfg.cfMetrics, []string{cfg.cfMetrics}
-		end := chainfire.PrefixEnd([]byte(cfg.prefix))
-		t.sub = func(ctx context.Context, ready func(), got func([]byte)) error {
+		t.sub = func(ctx context.Context, prefix string, ready func(), got func([]byte)) error {
+			end := chainfire.PrefixEnd([]byte(prefix))
 			st := etcdserverpbconnect.NewWatchClient(pick(), u, connect.WithGRPC()).Watch(ctx)
 			defer st.CloseResponse()
 			// A canceled context does not wake a bidi Receive; closing the request side
 			// makes ChainFire end the stream (as pkg/chainfire does).
 			defer context.AfterFunc(ctx, func() { _ = st.CloseRequest() })()
 			if err := st.Send(&etcdserverpb.WatchRequest{RequestUnion: &etcdserverpb.WatchRequest_CreateRequest{
-				CreateRequest: &etcdserverpb.WatchCreateRequest{Key: []byte(cfg.prefix), RangeEnd: end}}}); err != nil {
+				CreateRequest: &etcdserverpb.WatchCreateRequest{Key: []byte(prefix), RangeEnd: end}}}); err != nil {
 				return err
 			}
 			for {
@@ -274,7 +301,7 @@ func benchMode(ctx context.Context, cfg benchConfig, cf *chainfire.Client, run i
 			var once sync.Once
 			done := func() { once.Do(readyWG.Done) }
 			defer done()
-			err := t.sub(ctx, done, func(v []byte) {
+			err := t.sub(ctx, benchPrefix(cfg, i), done, func(v []byte) {
 				ns, err := strconv.ParseInt(string(v), 10, 64)
 				if err != nil {
 					return
@@ -325,7 +352,7 @@ loop:
 		case <-end:
 			break loop
 		case <-tick.C:
-			key := fmt.Sprintf("%s%08d", cfg.prefix, puts%1000)
+			key := fmt.Sprintf("%s%08d", benchPrefix(cfg, puts), puts%1000)
 			t0 := time.Now()
 			if _, err := cf.Put(ctx, key, strconv.FormatInt(t0.UnixNano(), 10)); err != nil {
 				return err
@@ -335,10 +362,11 @@ loop:
 		}
 	}
 	tick.Stop()
-	srvCPU := (cpuSeconds(t.cpuURLs) - srvCPU0) / time.Since(wall0).Seconds()
-	cliCPU := (selfCPU() - cliCPU0) / time.Since(wall0).Seconds()
+	putWall := time.Since(wall0).Seconds()
+	srvCPUTotal, cliCPUTotal := cpuSeconds(t.cpuURLs)-srvCPU0, selfCPU()-cliCPU0
+	srvCPU, cliCPU := srvCPUTotal/putWall, cliCPUTotal/putWall
 	// Let the tail arrive: wait until everything is delivered, at most 5 s.
-	want := int64(puts) * int64(cfg.subscribers)
+	want := expectedEvents(cfg, puts)
 	for deadline := time.Now().Add(5 * time.Second); delivered.Load() < want && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -362,10 +390,11 @@ loop:
 	if delivered.Load() != want {
 		note = "INCOMPLETE"
 	}
-	fmt.Fprintf(out, "%-4d %-10s %6d %21s %9s %9s %9s %9s %9s %10.2f %11.2f %11s %12d %12s\n", run, mode, puts,
+	perEvent := func(cpu float64) float64 { return cpu / float64(max(1, want)) * 1e6 }
+	fmt.Fprintf(out, "%-4d %-10s %6d %21s %9s %9s %9s %9s %9s %10.2f %11.2f %10.1f %10.1f %11s %12d %12s\n", run, mode, puts,
 		fmt.Sprintf("%d/%d", delivered.Load(), want), us(putHist, 50), us(total, 50), us(total, 99),
 		(time.Duration(total.Max()) * time.Microsecond).Round(10*time.Microsecond),
-		subscribeTime.Round(time.Millisecond), srvCPU, cliCPU, serverPer, clientPer, note)
+		subscribeTime.Round(time.Millisecond), srvCPU, cliCPU, perEvent(srvCPUTotal), perEvent(cliCPUTotal), serverPer, clientPer, note)
 	return nil
 }
 
