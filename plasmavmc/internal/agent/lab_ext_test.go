@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -237,6 +238,14 @@ func (l *lab) waitStatus(id string, timeout time.Duration, what string, ok func(
 		}
 		select {
 		case <-ctx.Done():
+			// Every goroutine's stack, to tell a stuck worker from a lost event.
+			buf := make([]byte, 1<<22)
+			buf = buf[:runtime.Stack(buf, true)]
+			if f, err := os.CreateTemp("", "agent-stacks-*.txt"); err == nil {
+				_, _ = f.Write(buf)
+				f.Close()
+				l.t.Logf("goroutine stacks: %s", f.Name())
+			}
 			l.t.Fatalf("vm %s: no status %s within %v; last: %v", id, what, timeout, last)
 		case <-time.After(100 * time.Millisecond):
 		}

@@ -41,6 +41,8 @@ func (a *agent) holdLease(ctx context.Context) {
 		var lease int64
 		var validUntil time.Time
 		retry(ctx, a.log, "grant heartbeat lease", func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, a.cfg.LeaseTTL/2) // an answer after that is of little use
+			defer cancel()
 			sent := time.Now()
 			resp, err := a.cf.Grant(ctx, ttl)
 			if err != nil {
@@ -130,7 +132,13 @@ func (a *agent) keepLease(ctx context.Context, lease int64, validUntil time.Time
 	}
 	results := make(chan result, 1)
 	inflight := false
-	next := time.NewTimer(interval)
+	// soon is the delay before the next renewal: the interval, or less when little
+	// validity is left (a grant that waited long for an answer counts from when it was
+	// sent, so its validity may be mostly gone: renew at once rather than fence).
+	soon := func() time.Duration {
+		return min(interval, max(time.Until(validUntil.Add(-a.cfg.FenceMargin))/3, 0))
+	}
+	next := time.NewTimer(soon())
 	defer next.Stop()
 	deadline := time.NewTimer(time.Until(validUntil.Add(-a.cfg.FenceMargin)))
 	defer deadline.Stop()
@@ -179,7 +187,7 @@ func (a *agent) keepLease(ctx context.Context, lease int64, validUntil time.Time
 					}
 				}
 				deadline.Reset(time.Until(validUntil.Add(-a.cfg.FenceMargin)))
-				next.Reset(interval)
+				next.Reset(soon())
 			case errors.Is(r.err, chainfire.ErrLeaseNotFound):
 				return "heartbeat lease lost (expired or revoked in ChainFire)"
 			default:

@@ -47,6 +47,7 @@ type vmWorker struct {
 	dom          driver.Domain
 	wasRunning   bool      // seen running since we last stopped it on purpose
 	startedAt    time.Time // when this agent last started QEMU (heartbeats before are stale)
+	staleBoot    string    // boot id before that start or reboot: its heartbeats are stale too
 	seeded       bool      // status read back from ChainFire
 	restarts     int32
 	restartTimes []time.Time
@@ -501,7 +502,7 @@ func (w *vmWorker) start(ctx context.Context, vm *pb.VM) error {
 	}
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	w.startedAt = time.Now()
+	w.startedAt, w.staleBoot = time.Now(), w.mon.Latest().Boot
 	if err := w.a.drv.Start(sctx, w.id); err != nil {
 		return err
 	}
@@ -544,7 +545,7 @@ func (w *vmWorker) maybeReboot(ctx context.Context, vm *pb.VM) error {
 	if err := w.a.drv.Reboot(rctx, w.id); err != nil {
 		return fmt.Errorf("reboot: %w", err)
 	}
-	w.startedAt = time.Now()
+	w.startedAt, w.staleBoot = time.Now(), before.Boot
 	w.rebootDone = op
 	reason := ""
 	if before.Seq > 0 {
@@ -685,7 +686,9 @@ func (w *vmWorker) publish(force bool) {
 	}
 	now := time.Now()
 	running := w.state == pb.VMState_VM_STATE_RUNNING || w.state == pb.VMState_VM_STATE_MIGRATING
-	if o := w.mon.Latest(); o.Seq > 0 && !o.Seen.Before(w.startedAt) {
+	// Lines of the previous boot may still be read after a start (the monitor stamps
+	// them when it reads them): they are recognized by their boot id.
+	if o := w.mon.Latest(); o.Seq > 0 && !o.Seen.Before(w.startedAt) && (o.Boot != w.staleBoot || w.staleBoot == "") {
 		w.bootID, w.bootTime = o.Boot, o.Seen.Add(-o.Uptime)
 		w.hb = &pb.Heartbeat{Seq: int64(o.Seq), BootId: o.Boot, LastSeen: timestamppb.New(o.Seen),
 			Healthy: running && o.Fresh(now, w.a.cfg.HeartbeatMaxAge)}
