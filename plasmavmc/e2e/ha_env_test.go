@@ -97,6 +97,7 @@ func (e *env) addHAHost(name string) (*fakeHost, *agentProc) {
 	defer func() { e.wrap = nil }()
 	a := e.addAgent(name, fh, 4096, "--pool-shared", e.pool, "--lease-ttl", haLeaseTTL, "--fence-margin", haFenceMargin)
 	t.Cleanup(func() { killWatchdog(a) })
+	e.waitHostState(e.api(0, ""), name, pb.HostState_HOST_STATE_UP, waitTimeout)
 	return fh, a
 }
 
