@@ -95,7 +95,9 @@ type Config struct {
 	NoWatchdog bool
 	// WatchdogCommand is the command line that starts the watchdog, to which the agent
 	// appends --state-dir, --libvirt-socket and --host-name (default: this executable
-	// with the argument "watchdog").
+	// with the argument "watchdog", when it is plasmavmc-agent; any other executable, a
+	// test binary running the agent in-process, runs without a watchdog unless this is
+	// set).
 	WatchdogCommand []string
 	// ReconcileInterval is how often each VM is reconciled against the hypervisor even
 	// when nothing happened (a safety net; events and watches trigger reconciles at once).
