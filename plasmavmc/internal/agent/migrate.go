@@ -40,6 +40,10 @@ import (
 const (
 	defaultMigrationTimeout = 120 * time.Second
 	migrationStartAttempts  = 5
+	// targetPrepareGrace is how long after the request a migration to another machine
+	// starts at the earliest: the target agent creates the VM's state directory when its
+	// copy of the record arrives, at about the time the source's does.
+	targetPrepareGrace = time.Second
 )
 
 // migration is one live migration out, run by runMigration on its own goroutine. The
@@ -49,6 +53,7 @@ type migration struct {
 	op, target string
 	complete   bool            // only complete the switch (the domain already left)
 	meta       driver.Metadata // the domain's metadata when the migration was started
+	requested  time.Time       // the operation's start time (the controller's request)
 	done       chan struct{}
 
 	switched bool   // ownership switched in ChainFire
@@ -109,7 +114,7 @@ func (w *vmWorker) reconcileMigrationSource(ctx context.Context, vm *pb.VM) (han
 	if !w.exists {
 		// The domain left: a migration started by a previous agent switched in libvirt
 		// (the source is undefined only then). Complete the switch.
-		w.startMigration(ctx, vm, true)
+		w.startMigration(ctx, vm, true, rec.GetStartTime().AsTime())
 		return true, nil
 	}
 	if _, err := os.Stat(w.a.migrationMarker(op)); err == nil {
@@ -136,7 +141,7 @@ func (w *vmWorker) reconcileMigrationSource(ctx context.Context, vm *pb.VM) (han
 	if !w.a.mayStart() {
 		return false, nil // not while fenced: the VM runs on as it is; tried again after the rejoin
 	}
-	w.startMigration(ctx, vm, false)
+	w.startMigration(ctx, vm, false, rec.GetStartTime().AsTime())
 	w.setState(pb.VMState_VM_STATE_MIGRATING, "live migration to "+m.GetTargetHost()+" in progress")
 	w.quiet = false
 	w.publish(true)
@@ -144,10 +149,12 @@ func (w *vmWorker) reconcileMigrationSource(ctx context.Context, vm *pb.VM) (han
 }
 
 // startMigration runs vm's migration (or, with complete, only its switch) on a new
-// goroutine; the worker collects the outcome in migrationFinished.
-func (w *vmWorker) startMigration(ctx context.Context, vm *pb.VM, complete bool) {
+// goroutine; the worker collects the outcome in migrationFinished. requested is when the
+// controller asked for it.
+func (w *vmWorker) startMigration(ctx context.Context, vm *pb.VM, complete bool, requested time.Time) {
 	m := vm.GetMigration()
-	mg := &migration{op: m.GetOperationId(), target: m.GetTargetHost(), complete: complete, done: make(chan struct{})}
+	mg := &migration{op: m.GetOperationId(), target: m.GetTargetHost(), complete: complete, requested: requested,
+		done: make(chan struct{})}
 	mg.meta = w.dom.Meta
 	mg.meta.Labels = map[string]string{}
 	for k, v := range w.dom.Meta.Labels {
@@ -252,6 +259,14 @@ func (w *vmWorker) runMigration(ctx context.Context, vm *pb.VM, mg *migration) {
 	destDir := target.GetStateDir()
 	if destDir == a.cfg.StateDir {
 		destDir = ""
+	}
+	// The destination QEMU opens the VM's files in the target's state directory, which
+	// the target agent creates when it sees the request. On the same machine (fake hosts)
+	// create it here too; elsewhere give the target agent a moment to see the request.
+	if strings.HasPrefix(target.GetMigrationUri(), "qemu+unix:") && target.GetStateDir() != "" {
+		_ = os.MkdirAll(filepath.Join(target.GetStateDir(), w.id), 0o755)
+	} else if wait := time.Until(mg.requested.Add(targetPrepareGrace)); wait > 0 {
+		sleepCtx(ctx, wait)
 	}
 
 	// Mark the domain as going to the target (its watchdog then fences it too), then
