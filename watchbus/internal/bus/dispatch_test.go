@@ -300,6 +300,23 @@ func TestEncodings(t *testing.T) {
 			}
 		})
 	}
+	t.Run("large views are not cached", func(t *testing.T) {
+		big := ev("/a/big", 3)
+		big.Kv.Value = make([]byte, maxEncodedBytes)
+		w := NewWindow(WindowConfig{MaxEvents: 10}, 2)
+		w.Append(3, []*mvccpb.Event{big})
+		e := w.Read(2, 1).Entries[0]
+		r := &Request{Prefixes: [][]byte{[]byte("/a/")}}
+		m1, _ := message(r, &e)
+		m2, _ := message(r, &e)
+		u1, u2 := m1.ProtoReflect().GetUnknown(), m2.ProtoReflect().GetUnknown()
+		if &u1[0] == &u2[0] || e.enc.all[0].Load() != nil {
+			t.Fatal("a view over maxEncodedBytes was cached")
+		}
+		if got := wire(m1); len(got.Events) != 1 || len(got.Events[0].Kv.Value) != maxEncodedBytes {
+			t.Fatalf("large message decoded to %d events", len(got.Events))
+		}
+	})
 	t.Run("old entries are not cached", func(t *testing.T) {
 		for r := int64(6); r < 6+encodedEntries; r++ {
 			w.Append(r, []*mvccpb.Event{ev("/a/x", r)})

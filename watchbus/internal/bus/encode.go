@@ -22,10 +22,14 @@ import (
 // exactly the message it would otherwise have been sent.
 //
 // Concurrency: any number of subscribers call view concurrently; the first to need a
-// view builds it (a racing second may build it too, and one copy wins). The window
+// view builds it (a racing second may build it too, and one copy wins).
+//
+// Memory: only views up to maxEncodedBytes are kept (a larger one is built for the
+// subscriber that needs it and dropped, the cost being the copy anyway), and the window
 // drops an entry's encodings once the entry is no longer among the newest
-// encodedEntries, so the cache's memory is bounded by recent revisions; readers that
-// still hold the entry keep using what they hold.
+// encodedEntries; readers that still hold the entry keep using what they hold. The
+// cache is therefore bounded by encodedEntries × maxEncodedBytes per distinct view of
+// a revision, and is usually a few hundred bytes per recent revision.
 type encodings struct {
 	// anyPrevKV: some event carries prev_kv (otherwise the views with and without
 	// prev_kv are the same bytes and share one slot).
@@ -48,8 +52,13 @@ type subsetKey struct {
 // subscriber when only some of their events match.
 const maxSubsetEvents = 64
 
-// encodedEntries is how many of the newest window entries keep their encodings.
-const encodedEntries = 1024
+// encodedEntries is how many of the newest window entries keep their encodings: the
+// fan-out of a revision happens while it is among the newest (a subscriber reads at
+// most readBatch entries at a time); subscribers further behind marshal their own.
+const encodedEntries = 256
+
+// maxEncodedBytes is the largest view kept in the cache.
+const maxEncodedBytes = 64 << 10
 
 func newEncodings(events []*mvccpb.Event) *encodings {
 	e := &encodings{}
@@ -99,7 +108,7 @@ func (c *encodings) view(r *Request, events []*mvccpb.Event, all bool, mask uint
 			return *b
 		}
 		b := encodeEvents(filter(r, events))
-		if slot.CompareAndSwap(nil, &b) {
+		if len(b) > maxEncodedBytes || slot.CompareAndSwap(nil, &b) {
 			return b
 		}
 		return *slot.Load()
@@ -112,6 +121,9 @@ func (c *encodings) view(r *Request, events []*mvccpb.Event, all bool, mask uint
 		return b
 	}
 	b = encodeEvents(filter(r, events))
+	if len(b) > maxEncodedBytes {
+		return b
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if prev, ok := c.some[key]; ok {
