@@ -26,6 +26,7 @@ import (
 	"plasmacloud.dev/pkg/harness"
 	"plasmacloud.dev/pkg/resilience"
 	"plasmacloud.dev/pkg/resilience/chainfiresource"
+	pb "plasmacloud.dev/proto/etcdserverpb"
 	"plasmacloud.dev/proto/mvccpb"
 	watchbusv1 "plasmacloud.dev/proto/watchbus/v1"
 	"plasmacloud.dev/proto/watchbus/v1/watchbusv1connect"
@@ -203,6 +204,59 @@ func TestSemantics(t *testing.T) {
 		}
 		if len(msgs) != 1 || msgs[0].Revision != txnRev || len(msgs[0].Events) != 2 {
 			t.Fatalf("txn delivered as %v", msgs)
+		}
+	})
+
+	// Many revisions replayed from the window go out in batched runs (several messages
+	// per flush): over the wire they must still be ChainFire's history, one message per
+	// revision with the whole transaction, gapless sequence numbers, prev_kv intact.
+	t.Run("batched window replay", func(t *testing.T) {
+		var first, last int64
+		for i := range 300 {
+			var r *pb.ResponseHeader
+			if i%3 == 0 {
+				tr, err := cf.Txn(ctx).Then(chainfire.OpPut(fmt.Sprintf("/r/a%d", i%7), fmt.Sprint(i)),
+					chainfire.OpPut("/other/y", "z"), chainfire.OpPut(fmt.Sprintf("/r/b%d", i%5), fmt.Sprint(i))).Commit()
+				if err != nil {
+					t.Fatal(err)
+				}
+				r = tr.Header
+			} else {
+				pr, err := cf.Put(ctx, fmt.Sprintf("/r/a%d", i%7), fmt.Sprint(i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				r = pr.Header
+			}
+			if first == 0 {
+				first = r.Revision
+			}
+			last = r.Revision
+		}
+		want := chainfireHistory(t, cf, "/r/", first, last)
+		msgs, err := collect(t, wb.url, &watchbusv1.SubscribeRequest{Prefixes: prefixes("/r/"), StartRevision: first, PrevKv: true}, len(want), 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkSequence(t, msgs)
+		equalHistory(t, flatten(msgs), want)
+		seen := map[int64]bool{}
+		for _, m := range msgs {
+			if m.Bookmark {
+				continue
+			}
+			if seen[m.Revision] {
+				t.Fatalf("revision %d split over messages", m.Revision)
+			}
+			seen[m.Revision] = true
+			for _, e := range m.Events {
+				if e.Kv.ModRevision != m.Revision {
+					t.Fatalf("message of revision %d holds an event of %d", m.Revision, e.Kv.ModRevision)
+				}
+				if e.Kv.Version > 1 && e.PrevKv == nil {
+					t.Fatalf("revision %d: update of %s without prev_kv", m.Revision, e.Kv.Key)
+				}
+			}
 		}
 	})
 
