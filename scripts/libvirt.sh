@@ -124,35 +124,26 @@ hostlock() {
 	flock 8
 }
 
-# cgroot prints the cgroup v2 directory under which every fake host gets its cgroup, creating it.
-# nft resolves `socket cgroupv2` paths relative to /sys/fs/cgroup, so on a hybrid hierarchy (v1
-# controllers on /sys/fs/cgroup, v2 on /sys/fs/cgroup/unified) the v2 directory is bind-mounted
-# at /sys/fs/cgroup/plasma-hosts: the same path then works for cgroup.procs and for nft. Call it
-# under hostlock.
+# cgroot prints the cgroup v2 directory under which every fake host gets its cgroup:
+# /sys/fs/cgroup/plasma-hosts, or /sys/fs/cgroup/unified/plasma-hosts on a hybrid hierarchy (v1
+# controllers on /sys/fs/cgroup). Not a bind mount elsewhere: libvirtd finds a QEMU's cgroup
+# through the cgroup2 mounts and would look in the wrong place (after a libvirtd restart it could
+# not reattach to its QEMUs and killed them).
 cgroot() {
-	local root=/sys/fs/cgroup/plasma-hosts
 	if [[ $(stat -fc %T /sys/fs/cgroup) == cgroup2fs ]]; then
-		mkdir -p "$root"
+		echo /sys/fs/cgroup/plasma-hosts
 	elif [[ $(stat -fc %T /sys/fs/cgroup/unified 2>/dev/null) == cgroup2fs ]]; then
-		mkdir -p /sys/fs/cgroup/unified/plasma-hosts
-		if [[ $(stat -fc %T "$root" 2>/dev/null) != cgroup2fs ]]; then
-			mkdir -p "$root"
-			mount --bind /sys/fs/cgroup/unified/plasma-hosts "$root"
-		fi
+		echo /sys/fs/cgroup/unified/plasma-hosts
 	else
 		die "no cgroup v2 hierarchy (neither /sys/fs/cgroup nor /sys/fs/cgroup/unified)"
 	fi
-	echo "$root"
 }
 
-# hostcg prints host $1's cgroup directory, creating it.
-hostcg() {
+# mkcg creates cgroup directory $1 (and its parent).
+mkcg() {
 	hostlock
-	local cg
-	cg=$(cgroot)/$1
-	mkdir -p "$cg"
+	mkdir -p "$1"
 	flock -u 8
-	echo "$cg"
 }
 
 # ports prints host directory $1's migration port range "MIN MAX", allocating one the first
@@ -201,7 +192,8 @@ hostconf() { # $1: host directory
 host() {
 	local cmd=${1:?host start|fence|uri|cgroup|remove|isolate|heal NAME} name=${2:?host NAME}
 	[[ $name =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "bad fake host name '$name'"
-	local h=$HOSTS/$name cg=/sys/fs/cgroup/plasma-hosts/$name i
+	local h=$HOSTS/$name cg i
+	cg=$(cgroot)/$name
 	case "$cmd" in
 	start)
 		install
@@ -217,7 +209,7 @@ host() {
 		grep -q '^host_uuid' "$h/etc/libvirtd.conf" ||
 			echo "host_uuid = \"$(cat /proc/sys/kernel/random/uuid)\"" >>"$h/etc/libvirtd.conf"
 		hostconf "$h"
-		cg=$(hostcg "$name")
+		mkcg "$cg"
 		mkdir -p /tmp/vm
 		# PID 1 of the namespace: a bash loop that reaps orphans (libvirtd daemonizes QEMU). The
 		# subshell enters the host's cgroup first, so everything the host runs is in it.
@@ -258,7 +250,7 @@ host() {
 		for i in $(seq 50); do
 			if [[ -f $h/unshare.pid ]] && kill -0 "$(cat "$h/unshare.pid")" 2>/dev/null; then
 				sleep 0.1
-			elif [[ -s $cg/cgroup.procs ]]; then
+			elif [[ -n $(cat "$cg/cgroup.procs" 2>/dev/null) ]]; then
 				sleep 0.1
 			else
 				break
@@ -267,7 +259,10 @@ host() {
 		rm -f "$h/init.pid"
 		;;
 	uri) echo "qemu+unix:///system?socket=$h/run/libvirt-sock" ;;
-	cgroup) hostcg "$name" ;;
+	cgroup)
+		mkcg "$cg"
+		echo "$cg"
+		;;
 	isolate)
 		shift 2
 		(($# > 0)) || die "host isolate NAME PORT...: no port"
@@ -275,18 +270,19 @@ host() {
 		for p in "$@"; do
 			[[ $p =~ ^[0-9]+$ ]] && ((p > 0 && p < 65536)) || die "bad port '$p'"
 		done
-		hostcg "$name" >/dev/null
+		mkcg "$cg"
 		local set
 		set=$(
 			IFS=,
 			echo "$*"
 		)
-		# One transaction: the chain exists, holds only this rule.
+		# One transaction: the chain exists, holds only this rule. nft resolves the cgroup path
+		# relative to /sys/fs/cgroup; level 2 is the depth of plasma-hosts/NAME in the hierarchy.
 		nft -f - <<-NFT
 			table inet plasma_hosts {}
 			add chain inet plasma_hosts h_$name { type filter hook output priority filter; policy accept; }
 			flush chain inet plasma_hosts h_$name
-			add rule inet plasma_hosts h_$name socket cgroupv2 level 2 "plasma-hosts/$name" meta l4proto tcp th dport { $set } counter drop
+			add rule inet plasma_hosts h_$name socket cgroupv2 level 2 "${cg#/sys/fs/cgroup/}" meta l4proto tcp th dport { $set } counter drop
 		NFT
 		;;
 	heal)

@@ -24,6 +24,10 @@ import (
 // hostsDir is where scripts/libvirt.sh keeps its fake hosts.
 const hostsDir = "/tmp/plasma-hosts"
 
+// keepHostsEnv, when set, leaves the fake hosts of a failed test running (with their logs and
+// the VMs' state directories) for a post-mortem.
+const keepHostsEnv = "PLASMAVMC_KEEP_FAKE_HOSTS"
+
 // fakeHost is one fake host (scripts/libvirt.sh host: a libvirtd in its own PID + mount
 // namespace and cgroup) with a driver on it.
 type fakeHost struct {
@@ -58,6 +62,10 @@ func startFakeHost(t testing.TB, suffix string) *fakeHost {
 	t.Helper()
 	name := hostName(suffix)
 	t.Cleanup(func() {
+		if t.Failed() && os.Getenv(keepHostsEnv) != "" {
+			t.Logf("%s set: fake host %s left running for a post-mortem (scripts/libvirt.sh host remove %s)", keepHostsEnv, name, name)
+			return
+		}
 		if out, err := exec.Command(filepath.Join(guestlab.RepoRoot(t), "scripts", "libvirt.sh"), "host", "remove", name).CombinedOutput(); err != nil {
 			t.Logf("scripts/libvirt.sh host remove %s: %v\n%s", name, err, out)
 		}
@@ -68,7 +76,11 @@ func startFakeHost(t testing.TB, suffix string) *fakeHost {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(state) })
+	t.Cleanup(func() {
+		if !t.Failed() || os.Getenv(keepHostsEnv) == "" {
+			os.RemoveAll(state)
+		}
+	})
 	h := &fakeHost{name: name, uri: libvirtSh(t, "host", "uri", name), stateDir: state}
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
@@ -260,7 +272,7 @@ func TestFakeHostIsolate(t *testing.T) {
 	name := hostName("iso")
 	t.Cleanup(func() { libvirtSh(t, "host", "remove", name) })
 	cg := libvirtSh(t, "host", "cgroup", name)
-	if cg != "/sys/fs/cgroup/plasma-hosts/"+name {
+	if cg != "/sys/fs/cgroup/plasma-hosts/"+name && cg != "/sys/fs/cgroup/unified/plasma-hosts/"+name {
 		t.Fatalf("host cgroup = %q", cg)
 	}
 	cut, cutPort := echoServer(t)
