@@ -165,13 +165,16 @@ type hbWatch struct {
 	mu    sync.Mutex
 	dirs  map[string]string // host -> agent state dir
 	known map[hbKey]bool
+	// panics keeps the serial output around each guest kernel panic seen (by VM id and
+	// host), which a restart would truncate away.
+	panics map[string]string
 	seen  map[string][]hbSeen // VM id -> heartbeats in the order seen
 	done  chan struct{}
 	ended chan struct{}
 }
 
 func (e *env) watchHeartbeats() *hbWatch {
-	w := &hbWatch{dirs: map[string]string{}, known: map[hbKey]bool{}, seen: map[string][]hbSeen{},
+	w := &hbWatch{dirs: map[string]string{}, known: map[hbKey]bool{}, seen: map[string][]hbSeen{}, panics: map[string]string{},
 		done: make(chan struct{}), ended: make(chan struct{})}
 	go func() {
 		defer close(w.ended)
@@ -239,6 +242,12 @@ func (w *hbWatch) read(host, id, path string) {
 	now := time.Now()
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if i := strings.Index(string(b), "Kernel panic"); i >= 0 {
+		k := id + " on " + host
+		if _, ok := w.panics[k]; !ok {
+			w.panics[k] = string(b[max(i-3000, 0):min(i+1000, len(b))])
+		}
+	}
 	for _, m := range hbLine.FindAllStringSubmatch(string(b), -1) {
 		seq, _ := strconv.ParseInt(m[1], 10, 64)
 		k := hbKey{host: host, id: id, boot: m[2], seq: seq}
@@ -337,6 +346,11 @@ func (w *hbWatch) checkNoOverlap(t testing.TB) {
 	}
 	w.mu.Unlock()
 	sort.Strings(ids)
+	w.mu.Lock()
+	for k, text := range w.panics {
+		t.Logf("guest kernel panic of %s:\n%s", k, text)
+	}
+	w.mu.Unlock()
 	for _, id := range ids {
 		cs := w.copies(id)
 		var desc []string

@@ -227,7 +227,7 @@ func TestLiveMigration(t *testing.T) {
 	w.add("lm-a", aa)
 	idle := e.create(c, "demo", "idle", haSpec(0))
 	// Dirtying 32 MiB needs room (a tmpfs of that size in the guest): 96 MiB panics.
-	dirtySpec := haSpec(0, "plasma.dirty=32")
+	dirtySpec := haSpec(0, "plasma.dirty=32", "loglevel=4")
 	dirtySpec.MemoryMib = 256
 	dirty := e.create(c, "demo", "dirty", dirtySpec)
 	for _, id := range []string{idle.Id, dirty.Id} {
@@ -274,6 +274,7 @@ func TestLiveMigration(t *testing.T) {
 		move(t, idle, "lm-a", "lm-b", nil)
 	})
 	t.Run("dirtying memory", func(t *testing.T) {
+		defer w.checkNoOverlap(t)
 		ac := true
 		move(t, dirty, "lm-a", "lm-b", &pb.MigrateVMRequest{AutoConverge: &ac})
 	})
