@@ -168,9 +168,9 @@ type hbWatch struct {
 	// panics keeps the serial output around each guest kernel panic seen (by VM id and
 	// host), which a restart would truncate away.
 	panics map[string]string
-	seen  map[string][]hbSeen // VM id -> heartbeats in the order seen
-	done  chan struct{}
-	ended chan struct{}
+	seen   map[string][]hbSeen // VM id -> heartbeats in the order seen
+	done   chan struct{}
+	ended  chan struct{}
 }
 
 func (e *env) watchHeartbeats() *hbWatch {
