@@ -12,7 +12,8 @@
 #                                     its own cgroup v2 and with its own QEMU migration port range;
 #                                     fence kills the namespace's init and every process of the
 #                                     host's cgroup: its libvirtd and every QEMU (and an agent moved
-#                                     into the cgroup) die at once, like a power-off;
+#                                     into the cgroup) die at once, like a power-off; the emptied
+#                                     cgroup is removed (start makes a new one);
 #                                     uri prints its libvirt URI (also the p2p migration URI);
 #                                     cgroup prints its cgroup v2 directory (write a pid into its
 #                                     cgroup.procs to make a process part of the host);
@@ -257,6 +258,8 @@ host() {
 			fi
 		done
 		rm -f "$h/init.pid"
+		# An empty cgroup goes too (start makes a new one); rmdir fails while anything lives.
+		rmdir "$cg" 2>/dev/null || true
 		;;
 	uri) echo "qemu+unix:///system?socket=$h/run/libvirt-sock" ;;
 	cgroup)

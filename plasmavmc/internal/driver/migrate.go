@@ -106,8 +106,8 @@ type MigrationResult struct {
 // The adaptive switch-over target (MigrateParams.MaxDowntime 0). Measured here (TCG, idle
 // tiny guest): QEMU's 300 ms gave 91 to 175 ms of downtime, 50 ms gave 31 to 49 ms. But a
 // short target converges less easily, and under TCG (QEMU 7.2) 50 ms with auto-converge
-// corrupted the memory of a dirtying guest on the destination in 5 of 7 migrations (none at
-// 300 ms): a guest that keeps dirtying gets 300 ms.
+// corrupted the memory of a dirtying guest on the destination in 5 of 8 migrations (none in 11
+// at 300 ms): a guest that keeps dirtying gets 300 ms.
 const (
 	DefaultMaxDowntime = 50 * time.Millisecond
 	RaisedMaxDowntime  = 300 * time.Millisecond
