@@ -108,8 +108,9 @@ type Config struct {
 	// HeartbeatMaxAge is how old the latest guest heartbeat may be for the VM to count as
 	// healthy.
 	HeartbeatMaxAge time.Duration
-	// RestartBackoff is the delay before the first restart of a crashed VM; each further
-	// restart within the window doubles it, up to RestartBackoffMax.
+	// RestartBackoff is the delay before the second restart of a crashed VM within the
+	// window (the first is immediate); each further restart doubles it, up to
+	// RestartBackoffMax.
 	RestartBackoff, RestartBackoffMax time.Duration
 	// MaxRestarts and RestartWindow apply when the VM's HA policy leaves them 0.
 	MaxRestarts   int

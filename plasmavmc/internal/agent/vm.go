@@ -327,7 +327,12 @@ func (w *vmWorker) reconcile(ctx context.Context) (done bool, err error) {
 			return false, nil
 		}
 		if w.restartAt.IsZero() {
-			delay := min(w.a.cfg.RestartBackoff<<len(kept), w.a.cfg.RestartBackoffMax)
+			// The first restart in the window is immediate (a crash costs only the boot);
+			// a crash loop then backs off: RestartBackoff, doubling up to the max.
+			var delay time.Duration
+			if len(kept) > 0 {
+				delay = min(w.a.cfg.RestartBackoff<<(len(kept)-1), w.a.cfg.RestartBackoffMax)
+			}
 			w.restartAt = now.Add(delay)
 			w.log.Warn("VM stopped unexpectedly; restarting", "cause", cause, "in", delay, "restarts_in_window", len(kept))
 			w.setState(pb.VMState_VM_STATE_STARTING, fmt.Sprintf("restarting after unexpected stop (%s)", cause))
