@@ -70,7 +70,8 @@ func TestMain(m *testing.M) {
 			_ = exec.Command("cp", "-r", filepath.Join(hostsDir(), name, "init.log"),
 				filepath.Join(hostsDir(), name, "log"), dst).Run()
 		}
-		_ = os.RemoveAll(filepath.Join(hostsDir(), name))
+		// Fenced, healed, its directory and cgroup gone.
+		_ = exec.Command(filepath.Join(root, "scripts", "libvirt.sh"), "host", "remove", name).Run()
 	}
 	fakeHosts.Unlock()
 	os.Exit(code)
