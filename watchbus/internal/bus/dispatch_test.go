@@ -1,7 +1,6 @@
 package bus
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"sync"
@@ -17,10 +16,6 @@ import (
 	watchbusv1 "plasmacloud.dev/proto/watchbus/v1"
 )
 
-func prefixMatch(p string) func([]byte) bool {
-	return func(k []byte) bool { return bytes.HasPrefix(k, []byte(p)) }
-}
-
 func woken(wk *Waiter) bool {
 	select {
 	case <-wk.C:
@@ -30,69 +25,152 @@ func woken(wk *Waiter) bool {
 	}
 }
 
-// TestWindowDispatch: after a change the window wakes the waiters it concerns (an event
-// under their prefix, or their cursor behind the previous head) and moves the caught-up
-// others past it without waking them; a Reset wakes everyone.
+func bs(ps ...string) [][]byte {
+	var out [][]byte
+	for _, p := range ps {
+		out = append(out, []byte(p))
+	}
+	return NormalizePrefixes(out)
+}
+
+// TestWindowDispatch: after a change the window wakes the waiters with an event under
+// their prefixes, and only them; Position tells a caught-up waiter that was not woken
+// that it has seen everything up to the change, and a waiter with unread revisions
+// concerning it that it has not; a Reset wakes everyone and is never skipped.
 func TestWindowDispatch(t *testing.T) {
 	t.Parallel()
 	tests := []struct {
-		name       string
-		match      string // waiter prefix
-		cursor     int64  // waiter cursor before the change (head is 10)
-		change     func(w *Window)
-		wantWoken  bool
-		wantCursor int64
+		name         string
+		prefixes     []string // waiter's; the window's head is 10
+		cursor       int64    // waiter's cursor when the change happens
+		change       func(w *Window)
+		wantWoken    bool
+		wantPosition int64 // Position(cursor) after the change
 	}{
-		{name: "matching event wakes", match: "/a/", cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/a/1", 11)}) }, wantWoken: true, wantCursor: 10},
-		{name: "other prefix advances in place", match: "/a/", cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/b/1", 11)}) }, wantCursor: 11},
-		{name: "one matching event of a txn wakes", match: "/a/", cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/b/1", 11), ev("/a/1", 11)}) }, wantWoken: true, wantCursor: 10},
-		{name: "behind the head: woken, cursor untouched", match: "/a/", cursor: 9, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/b/1", 11)}) }, wantWoken: true, wantCursor: 9},
-		{name: "progress advances in place", match: "/a/", cursor: 10, change: func(w *Window) { w.Advance(14) }, wantCursor: 14},
-		{name: "reset wakes", match: "/a/", cursor: 10, change: func(w *Window) { w.Reset(20, 15) }, wantWoken: true, wantCursor: 10},
-		{name: "refused append: nothing", match: "/a/", cursor: 10, change: func(w *Window) { w.Append(10, []*mvccpb.Event{ev("/a/1", 10)}) }, wantCursor: 10},
+		{name: "matching event wakes", prefixes: []string{"/a/"}, cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/a/1", 11)}) }, wantWoken: true, wantPosition: 10},
+		{name: "other prefix: not woken, position moves", prefixes: []string{"/a/"}, cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/b/1", 11)}) }, wantPosition: 11},
+		{name: "key shorter than the prefix", prefixes: []string{"/a/long/"}, cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/a/", 11)}) }, wantPosition: 11},
+		{name: "nested prefix matches", prefixes: []string{"/a/", "/b/c/"}, cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/b/c/d", 11)}) }, wantWoken: true, wantPosition: 10},
+		{name: "one matching event of a txn wakes", prefixes: []string{"/a/"}, cursor: 10, change: func(w *Window) { w.Append(11, []*mvccpb.Event{ev("/b/1", 11), ev("/a/1", 11)}) }, wantWoken: true, wantPosition: 10},
+		{name: "progress: not woken, position moves", prefixes: []string{"/a/"}, cursor: 10, change: func(w *Window) { w.Advance(14) }, wantPosition: 14},
+		{name: "reset wakes", prefixes: []string{"/a/"}, cursor: 10, change: func(w *Window) { w.Reset(20, 15) }, wantWoken: true, wantPosition: 10},
+		{name: "refused append: nothing", prefixes: []string{"/a/"}, cursor: 10, change: func(w *Window) { w.Append(10, []*mvccpb.Event{ev("/a/1", 10)}) }, wantPosition: 10},
+		{name: "no prefixes: every change wakes", cursor: 10, change: func(w *Window) { w.Advance(12) }, wantWoken: true, wantPosition: 10},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			w := NewWindow(WindowConfig{MaxEvents: 100}, 10)
+			var ps [][]byte
+			if tc.prefixes != nil {
+				ps = bs(tc.prefixes...)
+			}
 			var cursor atomic.Int64
 			cursor.Store(tc.cursor)
-			wk := NewWaiter(prefixMatch(tc.match), &cursor)
+			wk := NewWaiter(ps, &cursor)
 			w.AddWaiter(wk)
 			tc.change(w)
 			if got := woken(wk); got != tc.wantWoken {
 				t.Fatalf("woken = %v, want %v", got, tc.wantWoken)
 			}
-			if got := cursor.Load(); got != tc.wantCursor {
-				t.Fatalf("cursor = %d, want %d", got, tc.wantCursor)
+			if got := w.Position(wk, tc.cursor); got != tc.wantPosition {
+				t.Fatalf("position = %d, want %d", got, tc.wantPosition)
 			}
 		})
 	}
+	t.Run("unread matching revision holds the position", func(t *testing.T) {
+		w := NewWindow(WindowConfig{MaxEvents: 100}, 10)
+		var cursor atomic.Int64
+		cursor.Store(10)
+		wk := NewWaiter(bs("/a/"), &cursor)
+		w.AddWaiter(wk)
+		w.Append(11, []*mvccpb.Event{ev("/a/1", 11)})
+		w.Append(12, []*mvccpb.Event{ev("/b/1", 12)})
+		w.Advance(13)
+		if got := w.Position(wk, 10); got != 10 {
+			t.Fatalf("position before reading 11 = %d, want 10", got)
+		}
+		if got := w.Position(wk, 11); got != 13 {
+			t.Fatalf("position after reading 11 = %d, want 13", got)
+		}
+	})
+	// A reader parked for long (its own cursor far behind, the revisions since had
+	// nothing for it) that a revision finally concerns resumes from where it had got,
+	// not from its stale cursor (which the window may have evicted meanwhile).
+	t.Run("idle reader woken resumes from its position", func(t *testing.T) {
+		w := NewWindow(WindowConfig{MaxEvents: 5}, 10)
+		var cursor atomic.Int64
+		cursor.Store(10)
+		wk := NewWaiter(bs("/a/"), &cursor)
+		w.AddWaiter(wk)
+		for r := int64(11); r <= 30; r++ {
+			w.Append(r, []*mvccpb.Event{ev("/b/x", r)})
+		}
+		w.Append(31, []*mvccpb.Event{ev("/a/1", 31)})
+		w.Append(32, []*mvccpb.Event{ev("/a/2", 32)}) // a second one before the reader runs
+		if !woken(wk) {
+			t.Fatal("not woken")
+		}
+		pos := w.Position(wk, cursor.Load())
+		if pos != 30 {
+			t.Fatalf("position %d, want 30 (everything before the first /a/ revision)", pos)
+		}
+		if r := w.Read(pos, 10); r.Evicted || len(r.Entries) != 2 || r.Entries[0].Revision != 31 {
+			t.Fatalf("read from the position: %+v", r)
+		}
+	})
+	t.Run("a waiter joining later", func(t *testing.T) {
+		w := NewWindow(WindowConfig{MaxEvents: 100}, 10)
+		w.Append(11, []*mvccpb.Event{ev("/a/1", 11)}) // before any /a/ waiter exists
+		w.Append(12, []*mvccpb.Event{ev("/b/1", 12)})
+		var cursor atomic.Int64
+		cursor.Store(10)
+		wk := NewWaiter(bs("/a/"), &cursor)
+		w.AddWaiter(wk)
+		if got := w.Position(wk, 10); got != 10 {
+			t.Fatalf("position of a new waiter behind an undelivered revision = %d, want 10", got)
+		}
+		w.Append(13, []*mvccpb.Event{ev("/b/2", 13)})
+		if got := w.Position(wk, 12); got != 13 {
+			t.Fatalf("position after it read 12 = %d, want 13", got)
+		}
+	})
 	t.Run("registry", func(t *testing.T) {
 		w := NewWindow(WindowConfig{MaxEvents: 100}, 10)
-		wks := make([]*Waiter, 5)
-		for i := range wks {
-			wks[i] = NewWaiter(nil, nil)
-			w.AddWaiter(wks[i])
+		var c1, c2, c3, c4 atomic.Int64
+		a1, a2, b, all := NewWaiter(bs("/a/"), &c1), NewWaiter(bs("/a/"), &c2), NewWaiter(bs("/b/", "/a/x/"), &c3), NewWaiter(nil, &c4)
+		for _, wk := range []*Waiter{a1, a2, b, all, a1} { // a1 twice: still once
+			w.AddWaiter(wk)
 		}
-		w.AddWaiter(wks[0]) // twice: still once
-		w.RemoveWaiter(wks[1])
-		w.RemoveWaiter(wks[1])
-		if n := w.Waiters(); n != 4 {
-			t.Fatalf("%d waiters, want 4", n)
+		w.RemoveWaiter(a2)
+		w.RemoveWaiter(a2)
+		if n := w.Waiters(); n != 3 {
+			t.Fatalf("%d waiters, want 3", n)
 		}
-		w.Advance(11) // nil cursor: always woken
-		for i, wk := range wks {
-			if got := woken(wk); got != (i != 1) {
-				t.Fatalf("waiter %d woken = %v", i, got)
+		w.Append(11, []*mvccpb.Event{ev("/a/x/1", 11)})
+		for name, tc := range map[string]struct {
+			wk   *Waiter
+			want bool
+		}{"a1": {a1, true}, "a2 (removed)": {a2, false}, "b": {b, true}, "all": {all, true}} {
+			if got := woken(tc.wk); got != tc.want {
+				t.Fatalf("%s woken = %v", name, got)
 			}
+		}
+		w.RemoveWaiter(a1)
+		w.RemoveWaiter(b)
+		w.Append(12, []*mvccpb.Event{ev("/a/x/1", 12)})
+		if woken(a1) || woken(b) || w.Position(a1, 12) != 12 {
+			t.Fatal("removed waiters still dispatched to")
+		}
+		if len(w.index) != 0 || len(w.lengths) != 0 || len(w.sortedLengths) != 0 || len(w.groups) != 0 {
+			t.Fatalf("index not emptied: %v %v %v", w.index, w.lengths, w.sortedLengths)
 		}
 	})
 }
 
-// TestDispatchAcrossPrefixes: with subscribers on two prefixes, one busy prefix never
-// wakes the other's subscriber, whose resume point still follows the head (its
-// bookmarks carry it) and who is never taken for a slow consumer, while both receive
-// exactly their own revisions, in order, with gapless sequence numbers.
+// TestDispatchAcrossPrefixes: with subscribers on two prefixes, a busy prefix leaves
+// the other's subscriber parked (TestWindowDispatch), yet its resume point follows the
+// head (its bookmarks carry it) and it is never taken for a slow consumer, while both
+// receive exactly their own revisions, in order, with gapless sequence numbers.
 func TestDispatchAcrossPrefixes(t *testing.T) {
 	t.Parallel()
 	b, src := startBus(t, Config{SubscriberQueue: 4, SlowConsumerTimeout: 100 * time.Millisecond})

@@ -68,7 +68,8 @@ type subscription struct {
 
 	// waiter is how live mode parks: its channel is woken by the window (a revision
 	// with events for the subscriber), the bookmark timer, a cut, the drain and the end
-	// of ctx, so that parking is one channel receive.
+	// of ctx, so that parking is one channel receive. The cursor is the subscriber's
+	// own; the window never writes it (see Window.Position).
 	waiter *Waiter
 	held   bool // Stream.Hold(true) is in effect
 	// stop is set (and the waiter woken) on a cut, the drain or the end of ctx, so that
@@ -93,7 +94,7 @@ func (b *Bus) Subscribe(ctx context.Context, req *watchbusv1.SubscribeRequest, s
 		return ErrNotReady
 	}
 	s := &subscription{b: b, req: r, stream: st, cut: make(chan struct{})}
-	s.waiter = NewWaiter(s.req.Match, &s.cursor)
+	s.waiter = NewWaiter(s.req.Prefixes, &s.cursor)
 	b.metrics.SubscribersTotal.Inc()
 	s.setMode(-1, modeSnapshot)
 	b.subsMu.Lock()
@@ -307,10 +308,11 @@ const readBatch = 256
 // live serves the subscription from the window until it ends.
 //
 // Between reads it parks on its waiter: the window wakes it only for revisions with
-// events under its prefixes and moves its cursor past the others in place, and a
-// bookmark timer, a cut, the drain and the end of ctx wake the same channel. At 10,000
-// subscribers the five-way select this replaces was 14% of the replica's CPU (locking
-// five channels, one of them shared by all, on every park and wake-up).
+// events under its prefixes (Window.Position tells it, and the sweeper, how far the
+// others took it), and a bookmark timer, a cut, the drain and the end of ctx wake the
+// same channel. At 10,000 subscribers the five-way select this replaces was 14% of the
+// replica's CPU (locking five channels, one of them shared by all, on every park and
+// wake-up).
 func (s *subscription) live(ctx context.Context, w *Window) error {
 	s.setMode(s.mode.Load(), modeWindow)
 	if s.lastSent.IsZero() {
@@ -326,10 +328,12 @@ func (s *subscription) live(ctx context.Context, w *Window) error {
 	})
 	defer bookmark.Stop()
 	for {
+		// Skip what was dispatched while it was parked without concerning it.
+		cursor := w.Position(s.waiter, s.cursor.Load())
+		s.cursor.Store(cursor)
 		if err := s.interrupted(ctx); err != nil {
 			return err
 		}
-		cursor := s.cursor.Load()
 		r := w.Read(cursor, readBatch)
 		if r.Compacted {
 			return &CompactedError{CompactRevision: r.CompactRevision, CurrentRevision: r.Head}
@@ -348,9 +352,7 @@ func (s *subscription) live(ctx context.Context, w *Window) error {
 			continue
 		}
 		if len(r.Entries) == 0 && r.Head > cursor {
-			// Nothing in (cursor, head]; the window may have moved the cursor
-			// further meanwhile, never back.
-			s.cursor.CompareAndSwap(cursor, r.Head)
+			s.cursor.Store(r.Head) // nothing in (cursor, head]
 		}
 		if err := s.bookmarkTick(ctx, bookmark); err != nil {
 			return err
@@ -525,7 +527,7 @@ func (b *Bus) sweep(ctx context.Context, w *Window) {
 			if s.mode.Load() != modeWindow {
 				continue
 			}
-			lag := w.Lag(s.cursor.Load())
+			lag := w.Lag(w.Position(s.waiter, s.cursor.Load()))
 			maxLag = max(maxLag, lag)
 			b.metrics.SubscriberLag.Observe(float64(lag))
 			if lag < b.cfg.SubscriberQueue {
