@@ -42,6 +42,7 @@ type serverConfig struct {
 	MigrationPostCopy     time.Duration
 	MigrationMaxBandwidth int64
 	MaxFailoversPerPass   int
+	OperationTimeout      time.Duration
 }
 
 // serverCommand is `plasmavmc server`. Every flag may also come from the environment as
@@ -117,6 +118,7 @@ off, for development only.`,
 	f.BoolVar(&cfg.MigrationAutoConv, "migration-auto-converge", cfg.MigrationAutoConv, "default: throttle the guest's vCPUs when a migration does not converge")
 	f.DurationVar(&cfg.MigrationPostCopy, "migration-post-copy-after", cfg.MigrationPostCopy, "default: switch a migration to post-copy after this long (0: never)")
 	f.Int64Var(&cfg.MigrationMaxBandwidth, "migration-max-bandwidth-mib", cfg.MigrationMaxBandwidth, "default bandwidth cap of a migration in MiB/s (0: libvirt's default)")
+	f.DurationVar(&cfg.OperationTimeout, "operation-timeout", 10*time.Minute, "a create/start/stop/reboot/delete operation still RUNNING this long is ended FAILED with what its VM is waiting for (the work itself goes on)")
 	f.IntVar(&cfg.MaxFailoversPerPass, "max-failovers-per-pass", 0, "at most this many VMs restarted elsewhere per health interval, to pace a failover storm (0: no bound)")
 	return cmd
 }
@@ -249,10 +251,12 @@ func (cfg serverConfig) haConfig() (controller.HAConfig, controller.MigrationDef
 		return ha, mig, fmt.Errorf("--migration-post-copy-after %v: negative", cfg.MigrationPostCopy)
 	case cfg.MigrationMaxBandwidth < 0:
 		return ha, mig, fmt.Errorf("--migration-max-bandwidth-mib %d: negative", cfg.MigrationMaxBandwidth)
+	case cfg.OperationTimeout < time.Second:
+		return ha, mig, fmt.Errorf("--operation-timeout %v: at least 1s", cfg.OperationTimeout)
 	case cfg.MaxFailoversPerPass < 0:
 		return ha, mig, fmt.Errorf("--max-failovers-per-pass %d: negative", cfg.MaxFailoversPerPass)
 	}
-	ha.MaxFailoversPerPass = cfg.MaxFailoversPerPass
+	ha.MaxFailoversPerPass, ha.OperationTimeout = cfg.MaxFailoversPerPass, cfg.OperationTimeout
 	ha.HealthInterval, ha.SuspectAfter, ha.FenceDelay = cfg.HealthInterval, cfg.SuspectAfter, cfg.FenceDelay
 	ha.FenceCommand = strings.Fields(cfg.FenceCommand)
 	return ha, mig, nil

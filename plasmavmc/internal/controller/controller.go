@@ -46,6 +46,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"connectrpc.com/connect"
@@ -107,6 +108,10 @@ type HAConfig struct {
 	MaxFailoversPerPass int
 	// EventTTL is how long host events are kept (default 24 h).
 	EventTTL time.Duration
+	// OperationTimeout: a vm.create/start/stop/reboot/delete operation still RUNNING this
+	// long after it started is failed by the leader with what the VM is waiting for
+	// (default 10 min; negative: never).
+	OperationTimeout time.Duration
 }
 
 // MigrationDefaults are the values of a MigrateVM request's unset options.
@@ -126,7 +131,7 @@ func DefaultMigration() MigrationDefaults {
 // DefaultHA is the HA manager's defaults (see HAConfig's fields).
 func DefaultHA() HAConfig {
 	return HAConfig{HealthInterval: time.Second, FenceDelay: 5 * time.Second, FenceCommandTimeout: 30 * time.Second,
-		MigrationGrace: 60 * time.Second, EventTTL: 24 * time.Hour}
+		MigrationGrace: 60 * time.Second, EventTTL: 24 * time.Hour, OperationTimeout: 10 * time.Minute}
 }
 
 // Controller serves the API and, when elected, schedules. Build it with [New].
@@ -146,6 +151,8 @@ type Controller struct {
 	metrics *metrics
 	// ha is the HA manager's memory of the current leadership term (guarded inside).
 	ha *haState
+	// lastDeadlineScan is when operationDeadlines last read every operation (unix ns).
+	lastDeadlineScan atomic.Int64
 }
 
 // New builds a Controller.
@@ -183,6 +190,9 @@ func New(cfg Config) (*Controller, error) {
 	}
 	if cfg.HA.MigrationGrace <= 0 {
 		cfg.HA.MigrationGrace = def.MigrationGrace
+	}
+	if cfg.HA.OperationTimeout == 0 {
+		cfg.HA.OperationTimeout = def.OperationTimeout
 	}
 	if cfg.HA.EventTTL <= 0 {
 		cfg.HA.EventTTL = def.EventTTL

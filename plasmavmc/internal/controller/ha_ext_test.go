@@ -769,3 +769,31 @@ func TestAlertRules(t *testing.T) {
 		}
 	}
 }
+
+// TestOperationDeadline: an operation whose agent never reports ends FAILED after the
+// operation timeout, saying what the VM waits for; the VM itself is left alone.
+func TestOperationDeadline(t *testing.T) {
+	e := newEnv(t)
+	c := e.haController(func(c *controller.Config) { c.HA.OperationTimeout = time.Second })
+	root := c.as(e.token("root", ""))
+	e.registerImages(root)
+	e.agent("h1", 10, 8, 4096) // holds its lease, never reports a status
+	resp, err := root.vms.CreateVM(context.Background(), connect.NewRequest(sharedVM("silent", 512, true, 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opID, id := resp.Msg.Operation.Id, resp.Msg.Vm.Id
+	waitFor(t, 15*time.Second, "create operation failed by its deadline", func() bool {
+		return e.op(opID).State == pb.OperationState_OPERATION_STATE_FAILED
+	})
+	op := e.op(opID)
+	t.Logf("reason: %s", op.Reason)
+	for _, want := range []string{"no final status within 1s", "SCHEDULED", "h1"} {
+		if !strings.Contains(op.Reason, want) {
+			t.Errorf("reason %q lacks %q", op.Reason, want)
+		}
+	}
+	if vm := e.vm(id); vm.Host != "h1" || vm.GetStatus().GetState() != pb.VMState_VM_STATE_SCHEDULED {
+		t.Errorf("the VM was touched: host %q state %v", vm.Host, vm.GetStatus().GetState())
+	}
+}

@@ -159,7 +159,7 @@ func (c *Controller) HAPass(ctx context.Context, lease int64) error {
 			errs = append(errs, fmt.Errorf("host %s: %w", h.Host.Name, err))
 		}
 	}
-	for _, step := range []func(context.Context, int64) error{c.migrationHousekeeping, c.failover, c.runDrains} {
+	for _, step := range []func(context.Context, int64) error{c.migrationHousekeeping, c.failover, c.runDrains, c.operationDeadlines} {
 		if err := step(ctx, lease); err != nil {
 			if errors.Is(err, errNotLeader) {
 				return err
