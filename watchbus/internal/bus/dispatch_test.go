@@ -237,7 +237,7 @@ func (h *holdRecorder) stream() Stream {
 		Send: func(m *watchbusv1.SubscribeResponse) error {
 			h.mu.Lock()
 			defer h.mu.Unlock()
-			h.msgs = append(h.msgs, wire(m))
+			h.msgs = append(h.msgs, m)
 			h.heldAt = append(h.heldAt, h.held)
 			if !h.held {
 				h.flushes++
@@ -277,6 +277,7 @@ func TestBatchedDelivery(t *testing.T) {
 		t.Fatal("hold still on after the stream ended")
 	}
 	for i, m := range h.msgs {
+		m = wire(m)
 		if m.Sequence != uint64(i+1) || m.Revision != int64(i+2) {
 			t.Fatalf("message %d: sequence %d revision %d", i, m.Sequence, m.Revision)
 		}

@@ -111,6 +111,9 @@ func (b *Bus) Subscribe(ctx context.Context, req *watchbusv1.SubscribeRequest, s
 		delete(b.subs, s)
 		b.subsMu.Unlock()
 		b.metrics.Subscribers.WithLabelValues(modeNames[s.mode.Load()]).Dec()
+		// Close the cut: a concurrent cutNow finishes first (so abortT is safe to
+		// read), a later one does nothing.
+		s.cutOnce.Do(func() {})
 		if s.abortT != nil {
 			s.abortT.Stop()
 		}
