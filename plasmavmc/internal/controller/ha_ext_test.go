@@ -96,7 +96,8 @@ func TestHostHealth(t *testing.T) {
 			fencedAt = ev.Time.AsTime()
 		}
 	}
-	if strings.Join(got, ",") != "up,suspect,down,fenced,recovered,up" {
+	// A renewal late under the shared CPUs may flap UP → SUSPECT → UP before the real loss.
+	if !regexp.MustCompile(`^up(,suspect,up)*,suspect,down,fenced,recovered,up$`).MatchString(strings.Join(got, ",")) {
 		t.Fatalf("events %v", got)
 	}
 	if d := fencedAt.Sub(downAt); d < fenceDelay {
@@ -623,9 +624,9 @@ func TestDrain(t *testing.T) {
 			t.Errorf("migrations overlap: %v started before %v ended", m.Id, migs[i-1].Id)
 		}
 	}
-	if a := e.allocated("h1"); a.MemoryMib != 0 {
-		t.Errorf("h1 ledger %v", a)
-	}
+	// The last migration's source reservation is released when the leader finalizes it
+	// (after the target reported), possibly a pass after the drain saw the host empty.
+	waitFor(t, 10*time.Second, "h1 ledger released", func() bool { return e.allocated("h1").GetMemoryMib() == 0 })
 	e.ledgersExact()
 	// Nothing is placed on a host in maintenance.
 	for i := range 4 {
