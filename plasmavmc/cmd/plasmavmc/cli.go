@@ -595,6 +595,7 @@ func vmMigrateCommand(g *globals) *cobra.Command {
 		autoConverge, wait   bool
 		postCopy, migTimeout time.Duration
 		maxBandwidth         int64
+		maxDowntime          time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "migrate ID",
@@ -625,6 +626,12 @@ on its source and the operation says why. Unset options take the controller's de
 			}
 			if f.Changed("max-bandwidth-mib") {
 				req.MaxBandwidthMib = proto.Int64(maxBandwidth)
+			}
+			if f.Changed("max-downtime") {
+				if maxDowntime < 0 {
+					return fmt.Errorf("--max-downtime %v: negative", maxDowntime)
+				}
+				req.MaxDowntimeMs = proto.Int32(int32(maxDowntime / time.Millisecond))
 			}
 			var op *pb.Operation
 			if err := g.call(cmd, func(ctx context.Context, a api) error {
@@ -679,6 +686,7 @@ on its source and the operation says why. Unset options take the controller's de
 	f.DurationVar(&postCopy, "post-copy-after", 0, "switch to post-copy after this long (0: never; unset: the controller's --migration-post-copy-after, default never)")
 	f.DurationVar(&migTimeout, "timeout", 0, "abort the migration (the VM stays on its source) when not finished in this long (unset: the controller's --migration-timeout, default 2m)")
 	f.Int64Var(&maxBandwidth, "max-bandwidth-mib", 0, "bandwidth cap in MiB/s (0: libvirt's default; unset: the controller's --migration-max-bandwidth-mib)")
+	f.DurationVar(&maxDowntime, "max-downtime", 0, "switch-over target: the longest pause QEMU aims for (0: adaptive, 50 ms raised to 300 ms for a guest that keeps dirtying memory)")
 	f.BoolVar(&wait, "wait", false, "wait until the migration has finished, showing progress (exit non-zero when it failed)")
 	return cmd
 }

@@ -282,6 +282,7 @@ func (w *vmWorker) runMigration(ctx context.Context, vm *pb.VM, mg *migration) {
 		DestURI: target.GetMigrationUri(), DestStateDir: destDir, AutoConverge: m.GetAutoConverge(),
 		PostCopyAfter: time.Duration(m.GetPostCopyAfterSeconds()) * time.Second, Timeout: timeout,
 		MaxBandwidthMiB: m.GetMaxBandwidthMib(),
+		MaxDowntime:     time.Duration(m.GetMaxDowntimeMs()) * time.Millisecond,
 		Progress: func(p driver.MigrationProgress) {
 			pmu.Lock()
 			latest, started = progressProto(p), true

@@ -447,6 +447,7 @@ func TestMigrateVM(t *testing.T) {
 		{"unknown host", &pb.MigrateVMRequest{Id: web, ToHost: "h9"}, connect.CodeNotFound, []string{"to_host", "h9"}},
 		{"not running", &pb.MigrateVMRequest{Id: notRunning}, connect.CodeFailedPrecondition, []string{"not running", "stopped"}},
 		{"bad timeout", &pb.MigrateVMRequest{Id: web, TimeoutSeconds: proto.Int32(-1)}, connect.CodeInvalidArgument, []string{"timeout_seconds"}},
+		{"bad downtime", &pb.MigrateVMRequest{Id: web, MaxDowntimeMs: proto.Int32(-5)}, connect.CodeInvalidArgument, []string{"max_downtime_ms"}},
 		{"bad id", &pb.MigrateVMRequest{Id: "nope"}, connect.CodeInvalidArgument, []string{"id"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -460,7 +461,7 @@ func TestMigrateVM(t *testing.T) {
 
 	// Happy path, with the fleet paused so the records can be seen before the switch.
 	f.set("h1", nil)
-	op, err := migrate(&pb.MigrateVMRequest{Id: web, ToHost: "h2", TimeoutSeconds: proto.Int32(30)})
+	op, err := migrate(&pb.MigrateVMRequest{Id: web, ToHost: "h2", TimeoutSeconds: proto.Int32(30), MaxDowntimeMs: proto.Int32(300)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +471,7 @@ func TestMigrateVM(t *testing.T) {
 	}
 	vm := e.vm(web)
 	m := vm.Migration
-	if m.GetOperationId() != op.Id || m.SourceHost != "h1" || m.TargetHost != "h2" || m.SourceEpoch != 1 || m.TimeoutSeconds != 30 || !m.AutoConverge || vm.Host != "h1" {
+	if m.GetOperationId() != op.Id || m.SourceHost != "h1" || m.TargetHost != "h2" || m.SourceEpoch != 1 || m.TimeoutSeconds != 30 || m.MaxDowntimeMs != 300 || !m.AutoConverge || vm.Host != "h1" {
 		t.Fatalf("migration %v on %v", m, vm)
 	}
 	if vm.Status.State != pb.VMState_VM_STATE_MIGRATING {

@@ -45,6 +45,9 @@ func (s vmService) MigrateVM(ctx context.Context, req *connect.Request[pb.Migrat
 	if r.MaxBandwidthMib != nil && *r.MaxBandwidthMib < 0 {
 		return nil, invalid("max_bandwidth_mib", "%d: negative", *r.MaxBandwidthMib)
 	}
+	if r.MaxDowntimeMs != nil && (*r.MaxDowntimeMs < 0 || *r.MaxDowntimeMs > 60000) {
+		return nil, invalid("max_downtime_ms", "%d: must be 0 (adaptive) to 60000", *r.MaxDowntimeMs)
+	}
 	m := s.c.migrationOptions(r)
 	op, err := s.c.startMigration(ctx, 0, r.ToHost, m, func(ctx context.Context) (*state.VMRecord, error) {
 		return s.c.getVisible(ctx, r.Id)
@@ -81,6 +84,9 @@ func (c *Controller) migrationOptions(r *pb.MigrateVMRequest) *pb.Migration {
 	}
 	if r.MaxBandwidthMib != nil {
 		m.MaxBandwidthMib = *r.MaxBandwidthMib
+	}
+	if r.MaxDowntimeMs != nil {
+		m.MaxDowntimeMs = *r.MaxDowntimeMs
 	}
 	return m
 }

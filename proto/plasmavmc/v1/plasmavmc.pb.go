@@ -1095,7 +1095,10 @@ type Migration struct {
 	// Bandwidth cap in MiB/s (0: libvirt's default).
 	MaxBandwidthMib int64 `protobuf:"varint,7,opt,name=max_bandwidth_mib,json=maxBandwidthMib,proto3" json:"max_bandwidth_mib,omitempty"`
 	// The epoch the VM had on the source when the migration was requested.
-	SourceEpoch   int64 `protobuf:"varint,8,opt,name=source_epoch,json=sourceEpoch,proto3" json:"source_epoch,omitempty"`
+	SourceEpoch int64 `protobuf:"varint,8,opt,name=source_epoch,json=sourceEpoch,proto3" json:"source_epoch,omitempty"`
+	// Switch-over target (the longest pause QEMU aims for) in ms; 0: adaptive (50 ms,
+	// raised to 300 ms once the guest keeps dirtying memory).
+	MaxDowntimeMs int32 `protobuf:"varint,9,opt,name=max_downtime_ms,json=maxDowntimeMs,proto3" json:"max_downtime_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1182,6 +1185,13 @@ func (x *Migration) GetMaxBandwidthMib() int64 {
 func (x *Migration) GetSourceEpoch() int64 {
 	if x != nil {
 		return x.SourceEpoch
+	}
+	return 0
+}
+
+func (x *Migration) GetMaxDowntimeMs() int32 {
+	if x != nil {
+		return x.MaxDowntimeMs
 	}
 	return 0
 }
@@ -2023,8 +2033,10 @@ type MigrateVMRequest struct {
 	PostCopyAfterSeconds *int32 `protobuf:"varint,4,opt,name=post_copy_after_seconds,json=postCopyAfterSeconds,proto3,oneof" json:"post_copy_after_seconds,omitempty"`
 	TimeoutSeconds       *int32 `protobuf:"varint,5,opt,name=timeout_seconds,json=timeoutSeconds,proto3,oneof" json:"timeout_seconds,omitempty"`
 	MaxBandwidthMib      *int64 `protobuf:"varint,6,opt,name=max_bandwidth_mib,json=maxBandwidthMib,proto3,oneof" json:"max_bandwidth_mib,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Switch-over target in ms (0: adaptive).
+	MaxDowntimeMs *int32 `protobuf:"varint,7,opt,name=max_downtime_ms,json=maxDowntimeMs,proto3,oneof" json:"max_downtime_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *MigrateVMRequest) Reset() {
@@ -2095,6 +2107,13 @@ func (x *MigrateVMRequest) GetTimeoutSeconds() int32 {
 func (x *MigrateVMRequest) GetMaxBandwidthMib() int64 {
 	if x != nil && x.MaxBandwidthMib != nil {
 		return *x.MaxBandwidthMib
+	}
+	return 0
+}
+
+func (x *MigrateVMRequest) GetMaxDowntimeMs() int32 {
+	if x != nil && x.MaxDowntimeMs != nil {
+		return *x.MaxDowntimeMs
 	}
 	return 0
 }
@@ -3587,7 +3606,7 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\tmigration\x18\f \x01(\v2\x17.plasmavmc.v1.MigrationR\tmigration\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xc4\x02\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xec\x02\n" +
 	"\tMigration\x12!\n" +
 	"\foperation_id\x18\x01 \x01(\tR\voperationId\x12\x1f\n" +
 	"\vsource_host\x18\x02 \x01(\tR\n" +
@@ -3598,7 +3617,8 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\x17post_copy_after_seconds\x18\x05 \x01(\x05R\x14postCopyAfterSeconds\x12'\n" +
 	"\x0ftimeout_seconds\x18\x06 \x01(\x05R\x0etimeoutSeconds\x12*\n" +
 	"\x11max_bandwidth_mib\x18\a \x01(\x03R\x0fmaxBandwidthMib\x12!\n" +
-	"\fsource_epoch\x18\b \x01(\x03R\vsourceEpoch\"\xe0\x03\n" +
+	"\fsource_epoch\x18\b \x01(\x03R\vsourceEpoch\x12&\n" +
+	"\x0fmax_downtime_ms\x18\t \x01(\x05R\rmaxDowntimeMs\"\xe0\x03\n" +
 	"\x11MigrationProgress\x12\x1f\n" +
 	"\vsource_host\x18\x01 \x01(\tR\n" +
 	"sourceHost\x12\x1f\n" +
@@ -3658,18 +3678,20 @@ const file_plasmavmc_v1_plasmavmc_proto_rawDesc = "" +
 	"\x0fDeleteVMRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"I\n" +
 	"\x10DeleteVMResponse\x125\n" +
-	"\toperation\x18\x01 \x01(\v2\x17.plasmavmc.v1.OperationR\toperation\"\xd8\x02\n" +
+	"\toperation\x18\x01 \x01(\v2\x17.plasmavmc.v1.OperationR\toperation\"\x99\x03\n" +
 	"\x10MigrateVMRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x17\n" +
 	"\ato_host\x18\x02 \x01(\tR\x06toHost\x12(\n" +
 	"\rauto_converge\x18\x03 \x01(\bH\x00R\fautoConverge\x88\x01\x01\x12:\n" +
 	"\x17post_copy_after_seconds\x18\x04 \x01(\x05H\x01R\x14postCopyAfterSeconds\x88\x01\x01\x12,\n" +
 	"\x0ftimeout_seconds\x18\x05 \x01(\x05H\x02R\x0etimeoutSeconds\x88\x01\x01\x12/\n" +
-	"\x11max_bandwidth_mib\x18\x06 \x01(\x03H\x03R\x0fmaxBandwidthMib\x88\x01\x01B\x10\n" +
+	"\x11max_bandwidth_mib\x18\x06 \x01(\x03H\x03R\x0fmaxBandwidthMib\x88\x01\x01\x12+\n" +
+	"\x0fmax_downtime_ms\x18\a \x01(\x05H\x04R\rmaxDowntimeMs\x88\x01\x01B\x10\n" +
 	"\x0e_auto_convergeB\x1a\n" +
 	"\x18_post_copy_after_secondsB\x12\n" +
 	"\x10_timeout_secondsB\x14\n" +
-	"\x12_max_bandwidth_mib\"J\n" +
+	"\x12_max_bandwidth_mibB\x12\n" +
+	"\x10_max_downtime_ms\"J\n" +
 	"\x11MigrateVMResponse\x125\n" +
 	"\toperation\x18\x01 \x01(\v2\x17.plasmavmc.v1.OperationR\toperation\"@\n" +
 	"\tResources\x12\x14\n" +
