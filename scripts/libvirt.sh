@@ -209,6 +209,9 @@ host() {
 		fi
 		grep -q '^host_uuid' "$h/etc/libvirtd.conf" ||
 			echo "host_uuid = \"$(cat /proc/sys/kernel/random/uuid)\"" >>"$h/etc/libvirtd.conf"
+		# Warnings and errors to a file (NAME/log/libvirtd.log): a libvirtd that dies says why.
+		grep -q '^log_outputs' "$h/etc/libvirtd.conf" ||
+			echo 'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"' >>"$h/etc/libvirtd.conf"
 		hostconf "$h"
 		mkcg "$cg"
 		mkdir -p /tmp/vm
