@@ -33,7 +33,8 @@ type Entry struct {
 // the revisions (Floor, Head]: every revision in that range that had events is an entry.
 //
 // Concurrency: one writer (the upstream loop) calls Append, Advance and Reset; any number
-// of readers call Read, Floor, Head, Lag and Changed concurrently. The writer never waits
+// of readers call Read, Floor, Head, Lag, AddWaiter, RemoveWaiter and Position
+// concurrently. The writer never waits
 // for a reader: a reader copies out entry pointers under a read lock and works on them
 // outside it. A reader whose cursor falls below Floor (evicted) learns it from Read.
 //
@@ -231,12 +232,14 @@ func (w *Window) Waiters() int {
 
 // Position returns the revision up to which a registered waiter whose own cursor is
 // cursor has seen everything under its prefixes: cursor itself, or the last
-// dispatched revision when nothing dispatched after cursor concerned it. It never
-// returns less than cursor. Any goroutine may call it (three atomic loads).
+// dispatched revision when nothing dispatched after cursor concerned it (or the hint
+// the writer recorded when a revision last concerned it, if further). It never returns
+// less than cursor. Any goroutine may call it (four atomic loads).
 //
 // Why it holds: the writer sets a group's lastMatch before it publishes the dispatched
 // revision, and Position reads them in the opposite order; so if cursor ≥ lastMatch,
-// no revision in (cursor, dispatched] had an event under the prefixes.
+// no revision in (cursor, dispatched] had an event under the prefixes. A hint is such
+// a position computed by the writer, so it stays valid.
 func (w *Window) Position(wk *Waiter, cursor int64) int64 {
 	cursor = max(cursor, wk.hint.Load())
 	d := w.dispatched.Load()
