@@ -266,6 +266,14 @@ func TestLifecycleAndDelete(t *testing.T) {
 		}
 		return g.Msg.Vm
 	}
+	// stored is the record in ChainFire, with the internal labels the API hides.
+	stored := func() *pb.VM {
+		rec, err := e.st.GetVM(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec.VM
+	}
 	waitFor(t, 10*time.Second, "SCHEDULED", func() bool { return get().GetStatus().GetState() == pb.VMState_VM_STATE_SCHEDULED })
 	vm := get()
 	if vm.Host != "h1" || vm.Status.Host != "h1" {
@@ -288,9 +296,12 @@ func TestLifecycleAndDelete(t *testing.T) {
 	if err != nil || sp.Msg.Operation.State != pb.OperationState_OPERATION_STATE_RUNNING || sp.Msg.Operation.Kind != state.OpStop {
 		t.Fatalf("stop: %v %v", sp, err)
 	}
-	vm = get()
+	vm = stored()
 	if vm.PowerState != pb.PowerState_POWER_STATE_STOPPED || vm.Generation != 2 || vm.Labels[state.LabelStop] != sp.Msg.Operation.Id || vm.Labels[state.LabelStopTimeout] != "5" {
 		t.Fatalf("after stop %v", vm)
+	}
+	if l := get().Labels; len(l) != 0 {
+		t.Fatalf("the API shows internal labels: %v", l)
 	}
 	assigned, _, err := e.st.ListAssigned(ctx, "h1")
 	if err != nil || len(assigned) != 1 || assigned[0].Generation != 2 {
@@ -302,7 +313,7 @@ func TestLifecycleAndDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	rb, err := root.vms.RebootVM(ctx, connect.NewRequest(&pb.RebootVMRequest{Id: id}))
-	if err != nil || get().Labels[state.LabelReboot] != rb.Msg.Operation.Id {
+	if err != nil || stored().Labels[state.LabelReboot] != rb.Msg.Operation.Id {
 		t.Fatalf("reboot: %v %v", rb, err)
 	}
 
@@ -311,7 +322,7 @@ func TestLifecycleAndDelete(t *testing.T) {
 	if err != nil || d.Msg.Operation.State != pb.OperationState_OPERATION_STATE_RUNNING {
 		t.Fatalf("delete: %v %v", d, err)
 	}
-	vm = get()
+	vm = stored()
 	if vm.PowerState != pb.PowerState_POWER_STATE_STOPPED || vm.Labels[state.LabelDelete] != d.Msg.Operation.Id {
 		t.Fatalf("after delete %v", vm)
 	}
@@ -322,7 +333,7 @@ func TestLifecycleAndDelete(t *testing.T) {
 	_, err = root.vms.StartVM(ctx, connect.NewRequest(&pb.StartVMRequest{Id: id}))
 	wantCode(t, err, connect.CodeFailedPrecondition, "deleted")
 	time.Sleep(300 * time.Millisecond) // a few passes: nothing happens while the agent holds it
-	if get().Labels[state.LabelDelete] == "" {
+	if stored().Labels[state.LabelDelete] == "" {
 		t.Fatal("removed before the agent finished")
 	}
 	if err := e.st.PutStatus(ctx, "h1", id, &pb.VMStatus{State: pb.VMState_VM_STATE_DELETING}); err != nil {

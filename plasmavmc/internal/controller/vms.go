@@ -90,7 +90,7 @@ func (s vmService) CreateVM(ctx context.Context, req *connect.Request[pb.CreateV
 			c.Kick()
 			out := proto.Clone(vm).(*pb.VM)
 			out.Status = st
-			return connect.NewResponse(&pb.CreateVMResponse{Vm: out, Operation: op}), nil
+			return connect.NewResponse(&pb.CreateVMResponse{Vm: apiView(out), Operation: op}), nil
 		}
 		if len(state.RangeKvs(tr, 0)) > 0 { // a concurrent call with this request id won
 			if resp, ok, lerr := c.lookupRequest(ctx, r, sc); ok || lerr != nil {
@@ -135,7 +135,7 @@ func (c *Controller) lookupRequest(ctx context.Context, r *pb.CreateVMRequest, s
 	if err != nil && !errors.Is(err, state.ErrNotFound) {
 		return nil, true, toConnect(err)
 	}
-	return connect.NewResponse(&pb.CreateVMResponse{Vm: rec.VM, Operation: op}), true, nil
+	return connect.NewResponse(&pb.CreateVMResponse{Vm: apiView(rec.VM), Operation: op}), true, nil
 }
 
 // checkCreateRefs checks what a create refers to: memory and vCPUs that some host can
@@ -235,7 +235,7 @@ func (s vmService) GetVM(ctx context.Context, req *connect.Request[pb.GetVMReque
 	if err != nil {
 		return nil, err
 	}
-	return connect.NewResponse(&pb.GetVMResponse{Vm: rec.VM}), nil
+	return connect.NewResponse(&pb.GetVMResponse{Vm: apiView(rec.VM)}), nil
 }
 
 func (s vmService) ListVMs(ctx context.Context, req *connect.Request[pb.ListVMsRequest]) (*connect.Response[pb.ListVMsResponse], error) {
@@ -267,7 +267,7 @@ func (s vmService) ListVMs(ctx context.Context, req *connect.Request[pb.ListVMsR
 		if !sc.sees(vm.Project) || (r.Project != "" && vm.Project != r.Project) || (r.Host != "" && vm.Host != r.Host) {
 			continue
 		}
-		out.Vms = append(out.Vms, vm)
+		out.Vms = append(out.Vms, apiView(vm))
 	}
 	return connect.NewResponse(out), nil
 }
@@ -457,4 +457,34 @@ func (s vmService) DeleteVM(ctx context.Context, req *connect.Request[pb.DeleteV
 		}
 	}
 	return nil, connect.NewError(connect.CodeAborted, fmt.Errorf("id: VM %s: too many concurrent changes, try again", req.Msg.Id))
+}
+
+// internalLabel is the prefix of the labels the controller and agents use to pass requests
+// along in the VM record (reboot, delete, stop, start, create markers). Users cannot set
+// them (label keys are names: no '.' or '/'), and the API does not show them.
+const internalLabel = "plasmavmc.io/"
+
+// apiView is vm as the API shows it: without internal labels. vm itself is not changed
+// (it may be shared with a cache); a copy is made only when there is something to strip.
+func apiView(vm *pb.VM) *pb.VM {
+	strip := false
+	for k := range vm.GetLabels() {
+		if strings.HasPrefix(k, internalLabel) {
+			strip = true
+			break
+		}
+	}
+	if !strip {
+		return vm
+	}
+	out := proto.Clone(vm).(*pb.VM)
+	for k := range out.Labels {
+		if strings.HasPrefix(k, internalLabel) {
+			delete(out.Labels, k)
+		}
+	}
+	if len(out.Labels) == 0 {
+		out.Labels = nil
+	}
+	return out
 }
