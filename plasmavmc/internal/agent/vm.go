@@ -662,6 +662,12 @@ func (w *vmWorker) reconcileUnassigned(ctx context.Context) (bool, error) {
 	if !w.a.synced() {
 		return false, nil
 	}
+	if w.a.assigned(w.id) {
+		// The informer's cache has the assignment but its handler has not reached this
+		// worker yet (a worker made by the first sweep right after the initial list, as
+		// after an agent restart): not an orphan; the handler pokes us with the record.
+		return false, nil
+	}
 	if w.exists && w.a.ours(w.dom) {
 		dctx, cancel := context.WithTimeout(ctx, time.Minute)
 		defer cancel()
