@@ -219,25 +219,10 @@ func migrationFigures(p *pb.MigrationProgress, m *pb.Migration, phase string) *p
 
 // BuildMigrationDone is the controller's finalization of a switched migration (vm read
 // at vmRev: host = target, Migration set, the operation DONE): migration cleared on
-// /vms/<id> and /assigned/<target>/<id>, the source's reservation released (source: the
-// new value of the source's ledger).
+// /vms/<id> and /assigned/<target>/<id>, /assigned/<source>/<id> deleted if still there,
+// the source's reservation released (source: the new value of the source's ledger).
 func BuildMigrationDone(vm *pb.VM, vmRev int64, source Ledger, extra ...chainfire.Op) Txn {
-	c := StoredVM(vm)
-	c.Migration = nil
-	rec := Encode(c)
-	t := Txn{
-		If: []chainfire.Cmp{Unchanged(VMKey(vm.Id), vmRev)},
-		Then: []chainfire.Op{
-			chainfire.OpPut(VMKey(vm.Id), rec),
-			chainfire.OpPut(AssignedKey(c.Host, vm.Id), rec),
-		},
-	}
-	if s := vm.GetMigration().GetSourceHost(); s != "" && s != c.Host {
-		t.Then = append(t.Then, chainfire.OpDelete(AssignedKey(s, vm.Id)))
-	}
-	t.ledgers([]Ledger{source})
-	t.Then = append(t.Then, extra...)
-	return t
+	return buildMigrationEnd(vm, vmRev, vm.GetMigration().GetSourceHost(), source, extra)
 }
 
 // BuildMigrationAbort is the controller's finalization of a migration that failed (or
@@ -246,6 +231,12 @@ func BuildMigrationDone(vm *pb.VM, vmRev int64, source Ledger, extra ...chainfir
 // deleted, the target's reservation released (target: the new value of its ledger),
 // plus extra (a status).
 func BuildMigrationAbort(vm *pb.VM, vmRev int64, target Ledger, extra ...chainfire.Op) Txn {
+	return buildMigrationEnd(vm, vmRev, vm.GetMigration().GetTargetHost(), target, extra)
+}
+
+// buildMigrationEnd clears the migration on the VM where it now is (vm.Host), deletes the
+// assignment copy on the other host of the migration and applies that host's ledger.
+func buildMigrationEnd(vm *pb.VM, vmRev int64, other string, ledger Ledger, extra []chainfire.Op) Txn {
 	c := StoredVM(vm)
 	c.Migration = nil
 	rec := Encode(c)
@@ -256,10 +247,10 @@ func BuildMigrationAbort(vm *pb.VM, vmRev int64, target Ledger, extra ...chainfi
 			chainfire.OpPut(AssignedKey(c.Host, vm.Id), rec),
 		},
 	}
-	if tg := vm.GetMigration().GetTargetHost(); tg != "" && tg != c.Host {
-		t.Then = append(t.Then, chainfire.OpDelete(AssignedKey(tg, vm.Id)))
+	if other != "" && other != c.Host {
+		t.Then = append(t.Then, chainfire.OpDelete(AssignedKey(other, vm.Id)))
 	}
-	t.ledgers([]Ledger{target})
+	t.ledgers([]Ledger{ledger})
 	t.Then = append(t.Then, extra...)
 	return t
 }
