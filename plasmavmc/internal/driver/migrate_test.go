@@ -401,14 +401,19 @@ func TestMigrate(t *testing.T) {
 	ds := l.spec("dirty", "plasma.dirty=32")
 	ds.MemoryMiB = 128
 	dboot := l.boot(t, a, ds).Boot
-	t.Run("dirtying guest, auto-converge", func(t *testing.T) {
+	t.Run("dirtying guest, auto-converge requested", func(t *testing.T) {
+		// Under TCG the driver does not throttle (CPU throttling corrupted dirtying guests
+		// here): uncapped, the pre-copy converges by itself.
 		res, progress, err := migrate(t, t.Context(), a, b, did, driver.MigrateParams{
-			AutoConverge: true, MaxBandwidthMiB: 16, Timeout: 3 * time.Minute,
+			AutoConverge: true, Timeout: 3 * time.Minute, MaxDowntime: 300 * time.Millisecond,
 		})
 		if err != nil {
 			t.Fatal(err)
 		}
-		logResult(t, "dirty 32 MiB, 16 MiB/s, auto-converge a->b", res, progress)
+		logResult(t, "dirty 32 MiB, auto-converge requested a->b", res, progress)
+		if res.AutoConvergeUsed {
+			t.Errorf("auto-converge used under TCG: %+v", res)
+		}
 		checkMoved(t, a, b, did, dboot)
 	})
 
