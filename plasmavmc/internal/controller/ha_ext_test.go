@@ -96,8 +96,9 @@ func TestHostHealth(t *testing.T) {
 			fencedAt = ev.Time.AsTime()
 		}
 	}
-	// A renewal late under the shared CPUs may flap UP → SUSPECT → UP before the real loss.
-	if !regexp.MustCompile(`^up(,suspect,up)*,suspect,down,fenced,recovered,up$`).MatchString(strings.Join(got, ",")) {
+	// A renewal late under the shared CPUs may flap UP → SUSPECT → UP, even after the
+	// keepalives stopped (one in flight); SUSPECT itself was seen above.
+	if !regexp.MustCompile(`^up(,suspect,up)*(,suspect)?,down,fenced,recovered,up$`).MatchString(strings.Join(got, ",")) {
 		t.Fatalf("events %v", got)
 	}
 	if d := fencedAt.Sub(downAt); d < fenceDelay {
