@@ -131,16 +131,17 @@ func BenchmarkCreate(b *testing.B) {
 	}
 }
 
-// deleteAndWait deletes the VM and waits until its record is gone.
-func (e *env) deleteAndWait(c clients, id string) {
+// deleteAndWait deletes the VM and waits for its delete operation to end, which it
+// returns (nil when the delete was refused).
+func (e *env) deleteAndWait(c clients, id string) *pb.Operation {
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	r, err := c.vm.DeleteVM(ctx, connectReq(&pb.DeleteVMRequest{Id: id}))
 	if err != nil {
 		e.t.Errorf("delete %s: %v", id, err)
-		return
+		return nil
 	}
-	e.waitOp(c, r.Msg.Operation.Id, waitTimeout)
+	return e.waitOp(c, r.Msg.Operation.Id, waitTimeout)
 }
 
 // parallel runs f(0..n-1) at once and returns each duration and the wall time.

@@ -209,6 +209,8 @@ type env struct {
 	perAgentState bool
 	// wrap, when set, wraps the next agents' command lines (the HA tests join a cgroup).
 	wrap func([]string) []string
+	// hb is the HA tests' heartbeat watcher (watchHeartbeats); addHAHost adds hosts to it.
+	hb *hbWatch
 
 	mu      sync.Mutex
 	created []string // VM ids, whose domains cleanup destroys

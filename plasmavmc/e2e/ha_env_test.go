@@ -25,7 +25,6 @@ import (
 
 	"connectrpc.com/connect"
 
-	"plasmacloud.dev/pkg/harness"
 	"plasmacloud.dev/plasmavmc/internal/guest/guestlab"
 	pb "plasmacloud.dev/proto/plasmavmc/v1"
 )
@@ -83,7 +82,7 @@ func hostCgroup(t testing.TB, fh *fakeHost) string {
 
 // addHAHost starts a fresh fake host (never reused across tests: power-off kills it) and
 // an agent on it that runs inside the host's cgroup, with its own state directory and both
-// pools on the env's pool directory.
+// pools on the env's pool directory; the heartbeat watcher, if any, follows the host.
 func (e *env) addHAHost(name string) (*fakeHost, *agentProc) {
 	t := e.t
 	t.Helper()
@@ -97,6 +96,9 @@ func (e *env) addHAHost(name string) (*fakeHost, *agentProc) {
 	defer func() { e.wrap = nil }()
 	a := e.addAgent(name, fh, 4096, "--pool-shared", e.pool, "--lease-ttl", haLeaseTTL, "--fence-margin", haFenceMargin)
 	t.Cleanup(func() { killWatchdog(a) })
+	if e.hb != nil {
+		e.hb.add(name, a)
+	}
 	e.waitHostState(e.api(0, ""), name, pb.HostState_HOST_STATE_UP, waitTimeout)
 	return fh, a
 }
@@ -190,6 +192,7 @@ func (e *env) watchHeartbeats() *hbWatch {
 		}
 	}()
 	e.t.Cleanup(w.stop)
+	e.hb = w
 	return w
 }
 
@@ -418,5 +421,3 @@ func (e *env) waitHostState(c clients, host string, want pb.HostState, limit tim
 	}
 	e.t.Fatalf("host %s: state %v not reached in %v (last %v)", host, want, limit, last)
 }
-
-var _ = harness.RequireRoot

@@ -10,6 +10,7 @@ import (
 
 	"connectrpc.com/connect"
 
+	"plasmacloud.dev/plasmavmc/internal/state"
 	pb "plasmacloud.dev/proto/plasmavmc/v1"
 )
 
@@ -58,8 +59,7 @@ func TestHostPowerOff(t *testing.T) {
 	e := newHAEnv(t, 1)
 	c := e.api(0, "")
 	w := e.watchHeartbeats()
-	fh, a := e.addHAHost("po0")
-	w.add("po0", a)
+	fh, _ := e.addHAHost("po0")
 	cur, curFH := "po0", fh
 
 	ha := e.create(c, "demo", "ha", haSpec(0))
@@ -77,8 +77,7 @@ func TestHostPowerOff(t *testing.T) {
 	var took []time.Duration
 	for rep := 1; rep <= reps; rep++ {
 		spare := fmt.Sprintf("po%d", rep)
-		_, sa := e.addHAHost(spare)
-		w.add(spare, sa)
+		e.addHAHost(spare)
 		before := e.vmOf(c, ha.Id)
 		if before.Host != cur {
 			t.Fatalf("rep %d: VM on %q, want %q", rep, before.Host, cur)
@@ -122,6 +121,19 @@ func TestHostPowerOff(t *testing.T) {
 	w.checkNoOverlap(t)
 }
 
+// failoverAfter injects fault into from, waits for the VM's heartbeat on to and logs
+// (MEASURE) the time from the fault and the gap after the VM's last heartbeat on from.
+func failoverAfter(t *testing.T, w *hbWatch, id, from, to, what string, fault func()) hbSeen {
+	t.Helper()
+	t0 := time.Now()
+	fault()
+	hb, d := waitHeartbeatOn(t, w, id, to, t0, 2*failoverLimit)
+	measure(t, what+" → HA VM heartbeat on the other host", d.Round(10*time.Millisecond))
+	last, _ := w.lastOn(id, from)
+	measure(t, what+": last heartbeat on its host → first elsewhere", hb.at.Sub(last.at).Round(10*time.Millisecond))
+	return hb
+}
+
 // TestHostIsolated: the agent of the host running an HA VM and a non-HA VM is cut from
 // ChainFire. The HA VM stops there (self-fence) before it starts on the other host — no
 // overlap, checked on the heartbeats — while the non-HA VM keeps running. After healing,
@@ -130,23 +142,16 @@ func TestHostIsolated(t *testing.T) {
 	e := newHAEnv(t, 1)
 	c := e.api(0, "")
 	w := e.watchHeartbeats()
-	fhA, aa := e.addHAHost("iso-a")
-	w.add("iso-a", aa)
+	fhA, _ := e.addHAHost("iso-a")
 	ha := e.create(c, "demo", "ha", haSpec(0))
 	plain := spec()
 	plain.Disks = []*pb.Disk{{Name: "root", Image: "base", Pool: "shared"}}
 	nonHA := e.create(c, "demo", "plain", plain)
 	e.waitVM(c, ha.Id, bootTimeout, "running", running(""))
 	e.waitVM(c, nonHA.Id, bootTimeout, "running", running(""))
-	fhB, ab := e.addHAHost("iso-b")
-	w.add("iso-b", ab)
+	fhB, _ := e.addHAHost("iso-b")
 
-	t0 := time.Now()
-	e.isolate(fhA)
-	hb, d := waitHeartbeatOn(t, w, ha.Id, "iso-b", t0, 2*failoverLimit)
-	measure(t, "isolated host → HA VM heartbeat on the other host", d.Round(10*time.Millisecond))
-	last, _ := w.lastOn(ha.Id, "iso-a")
-	measure(t, "isolated host: last heartbeat on it → first elsewhere", hb.at.Sub(last.at).Round(10*time.Millisecond))
+	hb := failoverAfter(t, w, ha.Id, "iso-a", "iso-b", "isolated host", func() { e.isolate(fhA) })
 	// The non-HA VM was never moved and still beats on the isolated host.
 	h, _ := waitHeartbeatOn(t, w, nonHA.Id, "iso-a", hb.at, 10*time.Second)
 	t.Logf("non-HA VM still beating on iso-a after the failover: seq %d", h.seq)
@@ -174,20 +179,15 @@ func TestAgentPaused(t *testing.T) {
 	c := e.api(0, "")
 	w := e.watchHeartbeats()
 	fhA, aa := e.addHAHost("pause-a")
-	w.add("pause-a", aa)
 	ha := e.create(c, "demo", "ha", haSpec(0))
 	e.waitVM(c, ha.Id, bootTimeout, "running", running(""))
-	fhB, ab := e.addHAHost("pause-b")
-	w.add("pause-b", ab)
+	fhB, _ := e.addHAHost("pause-b")
 
-	t0 := time.Now()
-	if err := aa.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	hb, d := waitHeartbeatOn(t, w, ha.Id, "pause-b", t0, 2*failoverLimit)
-	measure(t, "agent SIGSTOP → HA VM heartbeat on the other host", d.Round(10*time.Millisecond))
-	last, _ := w.lastOn(ha.Id, "pause-a")
-	measure(t, "agent SIGSTOP: last heartbeat on its host → first elsewhere", hb.at.Sub(last.at).Round(10*time.Millisecond))
+	failoverAfter(t, w, ha.Id, "pause-a", "pause-b", "agent SIGSTOP", func() {
+		if err := aa.Stop(); err != nil {
+			t.Fatal(err)
+		}
+	})
 	if err := aa.Cont(); err != nil {
 		t.Fatal(err)
 	}
@@ -223,8 +223,7 @@ func TestLiveMigration(t *testing.T) {
 	e := newHAEnv(t, 1)
 	c := e.api(0, "")
 	w := e.watchHeartbeats()
-	fhA, aa := e.addHAHost("lm-a")
-	w.add("lm-a", aa)
+	e.addHAHost("lm-a")
 	idle := e.create(c, "demo", "idle", haSpec(0))
 	// Dirtying 32 MiB needs room (a tmpfs of that size in the guest): 96 MiB panics.
 	dirtySpec := haSpec(0, "plasma.dirty=32", "loglevel=4")
@@ -233,8 +232,7 @@ func TestLiveMigration(t *testing.T) {
 	for _, id := range []string{idle.Id, dirty.Id} {
 		e.waitVM(c, id, bootTimeout, "running", running(""))
 	}
-	_, ab := e.addHAHost("lm-b")
-	w.add("lm-b", ab)
+	e.addHAHost("lm-b")
 
 	move := func(t *testing.T, vm *pb.VM, from, to string, req *pb.MigrateVMRequest) {
 		before := e.vmOf(c, vm.Id)
@@ -290,8 +288,7 @@ func TestLiveMigration(t *testing.T) {
 	})
 
 	t.Run("destination powered off midway", func(t *testing.T) {
-		fhC, ac := e.addHAHost("lm-c")
-		w.add("lm-c", ac)
+		fhC, _ := e.addHAHost("lm-c")
 		before := e.vmOf(c, idle.Id) // on lm-b
 		bw := int64(4)               // MiB/s: ~96 MiB of guest takes long enough to cut
 		op := e.migrate(c, idle.Id, "lm-c", &pb.MigrateVMRequest{MaxBandwidthMib: &bw})
@@ -329,14 +326,14 @@ func TestLiveMigration(t *testing.T) {
 	t.Run("drain three VMs", func(t *testing.T) {
 		// Idle guests only: the dirtying guest has had its test, and repeated migrations of
 		// a dirtying guest under TCG are what corrupts its memory here (resilience.md).
-		e.deleteVM(c, dirty.Id)
+		if op := e.deleteAndWait(c, dirty.Id); op.GetState() != pb.OperationState_OPERATION_STATE_DONE {
+			t.Fatalf("delete %s: %v %s", dirty.Id, op.GetState(), op.GetReason())
+		}
 		second := e.create(c, "demo", "second", haSpec(0))
 		third := e.create(c, "demo", "third", haSpec(0))
 		e.waitVM(c, second.Id, bootTimeout, "running", running(""))
 		e.waitVM(c, third.Id, bootTimeout, "running", running(""))
-		fhD, ad := e.addHAHost("lm-d")
-		w.add("lm-d", ad)
-		_ = fhD
+		e.addHAHost("lm-d")
 		// Every VM onto lm-b first, so it holds three.
 		for _, id := range []string{idle.Id, second.Id, third.Id} {
 			if v := e.vmOf(c, id); v.Host != "lm-b" {
@@ -360,7 +357,6 @@ func TestLiveMigration(t *testing.T) {
 			t.Fatalf("host undrain: %v\n%s", err, out)
 		}
 	})
-	_ = fhA
 	w.checkNoOverlap(t)
 }
 
@@ -373,8 +369,7 @@ func TestControllerLeaderKilledDuringFailover(t *testing.T) {
 	e := newHAEnv(t, 2, "--max-failovers-per-pass", "1")
 	c0 := e.api(0, "")
 	w := e.watchHeartbeats()
-	fhA, aa := e.addHAHost("cl-a")
-	w.add("cl-a", aa)
+	fhA, _ := e.addHAHost("cl-a")
 	var vms []*pb.VM
 	for i := range 3 {
 		vms = append(vms, e.create(c0, "demo", fmt.Sprintf("ha%d", i), haSpec(int32(i))))
@@ -384,8 +379,7 @@ func TestControllerLeaderKilledDuringFailover(t *testing.T) {
 		v, _ := e.waitVM(c0, vm.Id, bootTimeout, "running", running(""))
 		epochs[vm.Id] = v.Epoch
 	}
-	_, ab := e.addHAHost("cl-b")
-	w.add("cl-b", ab)
+	e.addHAHost("cl-b")
 
 	leader := e.leaderIndex()
 	other := 1 - leader
@@ -444,26 +438,12 @@ func TestControllerLeaderKilledDuringFailover(t *testing.T) {
 	w.checkNoOverlap(t)
 }
 
-// deleteVM deletes the VM and waits until it is gone.
-func (e *env) deleteVM(c clients, id string) {
-	e.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	resp, err := c.vm.DeleteVM(ctx, connect.NewRequest(&pb.DeleteVMRequest{Id: id}))
-	if err != nil {
-		e.t.Fatalf("delete %s: %v", id, err)
-	}
-	if op := e.waitOp(c, resp.Msg.Operation.Id, waitTimeout); op.State != pb.OperationState_OPERATION_STATE_DONE {
-		e.t.Fatalf("delete %s: %v %s", id, op.State, op.Reason)
-	}
-}
-
 // leaderIndex is the index of the controller holding /plasmavmc/leader.
 func (e *env) leaderIndex() int {
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	resp, err := e.cfc.Get(ctx, "/plasmavmc/leader")
+	resp, err := e.cfc.Get(ctx, state.KeyLeader)
 	if err != nil || len(resp.Kvs) == 0 {
 		e.t.Fatalf("no controller leader: %v", err)
 	}

@@ -90,13 +90,18 @@ func (c *Controller) runningDrains(ctx context.Context, host string) ([]*pb.Oper
 	if err != nil {
 		return nil, err
 	}
+	return drainsIn(ops, host), nil
+}
+
+// drainsIn picks the RUNNING host.drain operations (of host, when not empty) out of ops.
+func drainsIn(ops []*pb.Operation, host string) []*pb.Operation {
 	var out []*pb.Operation
 	for _, op := range ops {
 		if op.Kind == state.OpDrain && op.State == pb.OperationState_OPERATION_STATE_RUNNING && (host == "" || op.Host == host) {
 			out = append(out, op)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // runDrains advances every RUNNING drain by one step.
@@ -105,12 +110,7 @@ func (c *Controller) runDrains(ctx context.Context, lease int64) error {
 	if err != nil {
 		return err
 	}
-	var drains []*pb.Operation
-	for _, op := range ops {
-		if op.Kind == state.OpDrain && op.State == pb.OperationState_OPERATION_STATE_RUNNING {
-			drains = append(drains, op)
-		}
-	}
+	drains := drainsIn(ops, "")
 	if len(drains) == 0 {
 		return nil
 	}
